@@ -1,0 +1,3 @@
+from samplemind_gen.cli.main import main
+
+raise SystemExit(main())

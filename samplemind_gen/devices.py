@@ -1,0 +1,56 @@
+"""Device and dtype choice: cuda > mps > cpu; fp16 on CUDA, bf16/fp32 on CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from samplemind_gen.errors import BadInputError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    base = device.split(":")[0]
+    if base not in DEVICES:
+        raise BadInputError(f"unknown device '{device}'; use auto, cpu, cuda or mps")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda asked for, but no CUDA GPU is available; use cpu")
+    return device
+
+
+def pick_dtype(device: str, dtype: str = "auto", *, cpu_default: str = "float32") -> str:
+    if dtype not in DTYPES:
+        raise BadInputError(f"unknown dtype '{dtype}'; use auto, float32, float16 or bfloat16")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "float16"
+    if device == "mps":
+        return "float16"
+    return cpu_default
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 / AMX), where bf16 is a real win."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,68 @@
+"""The contract every engine meets, so analysis, export, the library and the TUI never care
+which model made a take."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from samplemind_gen.catalog import ModelSpec
+from samplemind_gen.errors import GenerationCancelled
+from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model. "auto" picks cuda > mps > cpu and the dtype that suits the device."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str | None = None  # "int8" (MusicGen decoder on CPU)
+    offload: bool | None = None  # diffusion: None = decide from free memory
+
+
+class Engine(Protocol):
+    """A loaded model that turns requests into audio."""
+
+    spec: ModelSpec
+    model_id: str
+    revision: str | None
+    device: str
+    dtype: str
+    sample_rate: int
+    channels: int
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[GeneratedAudio]:
+        """Generate one take per request, as one batch. Requests share all parameters but the
+        prompt and seed. Raises `GenerationCancelled` within one step of `cancel` being set."""
+        ...
+
+    def close(self) -> None:
+        """Free the model's memory."""
+        ...
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled()
+
+
+def fit_length(audio, samples: int):  # type: ignore[no-untyped-def]
+    """Trim or zero-pad (channels, n) audio to exactly `samples` along the last axis."""
+    import numpy as np
+
+    n = audio.shape[-1]
+    if n >= samples:
+        return np.ascontiguousarray(audio[..., :samples])
+    pad = np.zeros((*audio.shape[:-1], samples - n), dtype=audio.dtype)
+    return np.concatenate([audio, pad], axis=-1)

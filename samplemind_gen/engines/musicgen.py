@@ -1,0 +1,334 @@
+"""MusicGen through transformers, with a decode loop of our own.
+
+The loop runs the T5 text encoder once, then steps the decoder with its KV cache, handling the
+codebook delay pattern and classifier-free guidance exactly as `generate` does (greedy decoding
+gives identical codes; tested), but with per-step progress, cancellation within one step, and one
+seeded generator per take.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samplemind_gen.catalog import ModelSpec
+from samplemind_gen.devices import pick_device, pick_dtype, torch_dtype
+from samplemind_gen.engines.base import LoadOptions, ProgressCallback, check_cancel, fit_length
+from samplemind_gen.engines.musicgen_sampling import apply_guidance, choose_tokens
+from samplemind_gen.errors import BadInputError, ModelFilesError
+from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
+
+log = logging.getLogger(__name__)
+
+
+class MusicGenEngine:
+    """A loaded MusicGen checkpoint (mono, stereo or melody)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        revision: str | None,
+        device: str,
+        dtype: str,
+    ) -> None:
+        self.spec = spec
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+        audio_config = model.config.audio_encoder
+        self.sample_rate = int(audio_config.sampling_rate)
+        self.channels = int(model.decoder.config.audio_channels)
+        hop = int(np.prod(audio_config.upsampling_ratios))
+        self.frame_rate = self.sample_rate / hop
+        self.num_codebooks = int(model.decoder.num_codebooks)
+        self.pad_token_id = int(model.generation_config.pad_token_id or model.config.pad_token_id)
+        self.start_token_id = int(
+            model.generation_config.decoder_start_token_id or model.config.decoder_start_token_id
+        )
+        self.max_prompt_tokens = int(getattr(processor.tokenizer, "model_max_length", 512) or 512)
+        if self.max_prompt_tokens > 100_000:  # tokenizers without a limit report a huge number
+            self.max_prompt_tokens = 512
+        self.max_duration = spec.max_duration
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        path: Path,
+        revision: str | None,
+        options: LoadOptions,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> MusicGenEngine:
+        import torch
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+        started = time.perf_counter()
+        device = pick_device(options.device)
+        dtype = pick_dtype(device, options.dtype)
+        if on_progress:
+            on_progress(Progress(stage="loading", message=f"loading {spec.name} on {device}"))
+        _check_files(path)
+        try:
+            model = MusicgenForConditionalGeneration.from_pretrained(
+                path, dtype=torch_dtype(dtype), use_safetensors=True, local_files_only=True
+            )
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelFilesError(
+                f"could not load the MusicGen checkpoint in {path}: {_short(exc)}; the files are "
+                "missing or damaged: download the model again (`samplemind-gen models download`)"
+            ) from exc
+        # EnCodec stays in fp32 on CPU: it runs once per take and bf16 costs audible quality.
+        if dtype != "float32" and not device.startswith("cuda"):
+            model.audio_encoder.to(torch.float32)
+        model.to(device).eval()
+        torch.set_grad_enabled(False)
+        engine = cls(
+            spec, model, processor, model_id=spec.repo_id, revision=revision, device=device,
+            dtype=dtype,
+        )
+        if options.quantize:
+            from samplemind_gen.engines.musicgen_quant import quantize_decoder
+
+            quantize_decoder(engine.model, options.quantize, device)
+            engine.dtype = f"{dtype}+{options.quantize}"
+        log.info("loaded %s in %.1fs", spec.name, time.perf_counter() - started)
+        return engine
+
+    def close(self) -> None:
+        self.model = None
+
+    # ------------------------------------------------------------- generation
+    def frames_for(self, duration: float) -> int:
+        return max(1, math.ceil(duration * self.frame_rate - 1e-9))
+
+    def steps_for(self, duration: float) -> int:
+        return self.frames_for(duration) + self._channel_codebooks - 1
+
+    @property
+    def _channel_codebooks(self) -> int:
+        return self.num_codebooks // 2 if self.channels == 2 else self.num_codebooks
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        greedy: bool = False,
+    ) -> list[GeneratedAudio]:
+        import torch
+
+        if not requests:
+            return []
+        requests = [r.resolved() for r in requests]
+        first = requests[0]
+        for r in requests:
+            validate_request(r, max_duration=self.max_duration)
+            if r.params() != first.params():
+                raise BadInputError("takes in one batch must share all parameters but the prompt")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if on_progress:
+            on_progress(Progress(stage="encoding", message="encoding the prompt"))
+        prompts = [r.prompt.strip() for r in requests]
+        notes = self._truncation_notes(prompts)
+        inputs = self.processor(
+            text=prompts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_prompt_tokens,
+            return_tensors="pt",
+        ).to(self.device)
+        check_cancel(cancel)
+        encoder_states, encoder_mask = self._encode(
+            inputs["input_ids"], inputs["attention_mask"], first.guidance_scale
+        )
+        timings["text_encoder"] = time.perf_counter() - t0
+
+        generators = [
+            torch.Generator(device=self.device).manual_seed(int(r.seed or 0)) for r in requests
+        ]
+        t1 = time.perf_counter()
+        codes = self._decode_loop(
+            encoder_states,
+            encoder_mask,
+            batch=len(requests),
+            request=first,
+            generators=generators,
+            greedy=greedy,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        timings["decode"] = time.perf_counter() - t1
+        check_cancel(cancel)
+        if on_progress:
+            on_progress(Progress(stage="decoding", message="decoding audio (EnCodec)"))
+        t2 = time.perf_counter()
+        audio = self.codes_to_audio(codes)
+        timings["audio_decoder"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        samples = round(first.duration * self.sample_rate)
+        results = []
+        for i, r in enumerate(requests):
+            results.append(
+                GeneratedAudio(
+                    audio=fit_length(audio[i], samples),
+                    sample_rate=self.sample_rate,
+                    request=r,
+                    seed=int(r.seed or 0),
+                    timings=dict(timings),
+                    notes=list(notes),
+                )
+            )
+        return results
+
+    def _truncation_notes(self, prompts: list[str]) -> list[str]:
+        notes = []
+        for prompt in prompts:
+            n = len(self.processor.tokenizer(prompt)["input_ids"])
+            if n > self.max_prompt_tokens:
+                note = (
+                    f"prompt is {n} tokens; the text encoder takes {self.max_prompt_tokens}, "
+                    "so the rest was cut off"
+                )
+                log.warning(note)
+                notes.append(note)
+        return notes
+
+    def _encode(self, input_ids: Any, attention_mask: Any, guidance_scale: float) -> tuple[Any, Any]:
+        import torch
+
+        model = self.model
+        states = model.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        mask = attention_mask
+        if guidance_scale > 1:
+            states = torch.cat([states, torch.zeros_like(states)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        if (
+            model.text_encoder.config.hidden_size != model.decoder.config.hidden_size
+            and model.decoder.config.cross_attention_hidden_size is None
+        ):
+            states = model.enc_to_dec_proj(states)
+        states = states * mask[..., None]
+        return states, mask
+
+    def _decode_loop(
+        self,
+        encoder_states: Any,
+        encoder_mask: Any,
+        *,
+        batch: int,
+        request: GenerationRequest,
+        generators: list[Any],
+        greedy: bool,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> Any:
+        import torch
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        decoder = self.model.decoder
+        k = self.num_codebooks
+        steps = self.steps_for(request.duration)
+        ids = torch.full((batch * k, 1), self.start_token_id, dtype=torch.long, device=self.device)
+        ids, delay_mask = decoder.build_delay_pattern_mask(
+            ids, pad_token_id=self.start_token_id, max_length=steps + 1
+        )
+        cfg = request.guidance_scale > 1
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        started = time.perf_counter()
+        current = ids
+        for step in range(steps):
+            check_cancel(cancel)
+            step_ids = decoder.apply_delay_pattern_mask(current, delay_mask)[:, -1:]
+            if cfg:
+                step_ids = step_ids.repeat((2, 1))
+            out = decoder(
+                input_ids=step_ids,
+                encoder_hidden_states=encoder_states,
+                encoder_attention_mask=encoder_mask,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :].to(dtype=torch.float32)
+            if cfg:
+                logits = apply_guidance(logits, request.guidance_scale)
+            next_ids = choose_tokens(
+                logits,
+                greedy=greedy,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                generators=generators,
+                rows_per_take=k,
+            )
+            current = torch.cat([current, next_ids[:, None]], dim=-1)
+            if on_progress:
+                done = step + 1
+                audio_s = max(0, done - (self._channel_codebooks - 1)) / self.frame_rate
+                on_progress(
+                    Progress(
+                        stage="generating",
+                        step=done,
+                        total=steps,
+                        audio_seconds=min(audio_s, request.duration),
+                        total_audio_seconds=request.duration,
+                        elapsed=time.perf_counter() - started,
+                    )
+                )
+        final = decoder.apply_delay_pattern_mask(current, delay_mask)
+        codes = final[final != self.pad_token_id].reshape(batch, k, -1)
+        return codes
+
+    def codes_to_audio(self, codes: Any) -> np.ndarray:
+        """(batch, codebooks, frames) codes -> float32 (batch, channels, samples)."""
+        import torch
+
+        encodec = self.model.audio_encoder
+        codes = codes[None, ...]
+        scales = [None] * codes.shape[1]
+        if self.channels == 1:
+            audio = encodec.decode(codes, audio_scales=scales).audio_values
+        else:
+            left = encodec.decode(codes[:, :, ::2, :], audio_scales=scales).audio_values
+            right = encodec.decode(codes[:, :, 1::2, :], audio_scales=scales).audio_values
+            audio = torch.cat([left, right], dim=1)
+        return audio.to(torch.float32).cpu().numpy()
+
+
+def _check_files(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelFilesError(f"{path} has no config.json; it is not a MusicGen checkpoint folder")
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")):
+            raise ModelFilesError(
+                f"{path} only has .bin (pickle) weights; samplemind-gen loads safetensors only. "
+                "Download the safetensors weights of this model"
+            )
+        raise ModelFilesError(f"{path} has no .safetensors weights; download the model again")
+    if not (path / "tokenizer.json").is_file() and not (path / "spiece.model").is_file():
+        raise ModelFilesError(f"{path} has no tokenizer files; download the model again")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,56 @@
+"""Next-token choice for MusicGen: classifier-free guidance, temperature, top-k, top-p, with one
+seeded generator per take so a take in a batch comes out the same as alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def apply_guidance(logits: Any, scale: float) -> Any:
+    """Rows are [conditional; unconditional]; returns the guided conditional half."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * scale
+
+
+def filter_logits(logits: Any, *, temperature: float, top_k: int, top_p: float | None) -> Any:
+    """Temperature, then top-k, then top-p, as transformers' warpers do (same order, same ties)."""
+    import torch
+
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k > 0:
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k)[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - top_p)
+        remove[..., -1:] = False
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    return logits
+
+
+def choose_tokens(
+    logits: Any,
+    *,
+    greedy: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float | None,
+    generators: Sequence[Any],
+    rows_per_take: int,
+) -> Any:
+    """Pick one token per row of `logits` (takes * rows_per_take, vocab)."""
+    import torch
+
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    probs = logits.softmax(dim=-1)
+    picks = [
+        torch.multinomial(probs[i * rows_per_take : (i + 1) * rows_per_take], 1, generator=g)
+        for i, g in enumerate(generators)
+    ]
+    return torch.cat(picks, dim=0).squeeze(-1)

@@ -1,0 +1,53 @@
+"""Where samplemind-gen keeps its config, data (library database) and default exports.
+
+`SAMPLEMIND_GEN_HOME` relocates all three, as `HF_HOME` does for the model cache, so tests and
+portable installs stay self-contained.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+APP_NAME = "samplemind-gen"
+HOME_ENV = "SAMPLEMIND_GEN_HOME"
+
+
+def _home() -> Path | None:
+    value = os.environ.get(HOME_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def config_dir() -> Path:
+    home = _home()
+    if home is not None:
+        return home / "config"
+    from platformdirs import user_config_path
+
+    return user_config_path(APP_NAME)
+
+
+def data_dir() -> Path:
+    home = _home()
+    if home is not None:
+        return home / "data"
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME)
+
+
+def export_dir() -> Path:
+    home = _home()
+    if home is not None:
+        return home / "exports"
+    from platformdirs import user_music_path
+
+    return user_music_path() / APP_NAME
+
+
+def settings_file() -> Path:
+    return config_dir() / "settings.toml"
+
+
+def library_db() -> Path:
+    return data_dir() / "library.sqlite3"

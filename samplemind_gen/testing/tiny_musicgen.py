@@ -1,0 +1,162 @@
+"""Tiny (or real-architecture) random-weight MusicGen checkpoints, saved with `save_pretrained`
+so they load through exactly the same `from_pretrained(folder)` path as a downloaded model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+WORDS = (
+    "lofi hip hop drums bass synth pad ambient techno house kick snare hat piano guitar strings "
+    "warm dark bright punchy dusty vinyl jazz chords melody loop groove bpm minor major slow fast "
+    "cinematic texture field recording foley rain wind orchestral epic trap boom bap reggae funk"
+).split()
+
+
+@dataclass(frozen=True)
+class MusicGenSize:
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 64
+    vocab: int = 64
+    codebooks: int = 4
+    t5_d_model: int = 32
+    t5_layers: int = 2
+    t5_heads: int = 2
+    t5_ff: int = 64
+    t5_vocab: int = 200
+    encodec_hidden: int = 16
+    encodec_filters: int = 4
+    max_position: int = 2048
+
+
+TINY = MusicGenSize()
+# musicgen-small: decoder 1024 hidden, 24 layers, 16 heads, ffn 4096, 4 codebooks of 2048; t5-base.
+SMALL = MusicGenSize(
+    hidden=1024,
+    layers=24,
+    heads=16,
+    ffn=4096,
+    vocab=2048,
+    codebooks=4,
+    t5_d_model=768,
+    t5_layers=12,
+    t5_heads=12,
+    t5_ff=3072,
+    t5_vocab=32128,
+    encodec_hidden=128,
+    encodec_filters=64,
+)
+
+
+def train_t5_tokenizer(vocab_size: int = 200):  # type: ignore[no-untyped-def]
+    """A T5-style tokenizer trained locally with `tokenizers` (no sentencepiece, no Hub)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tok,
+        extra_ids=0,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+
+
+def build_musicgen(
+    folder: Path, *, stereo: bool = False, size: MusicGenSize = TINY, seed: int = 0
+) -> Path:
+    """Build and save a random-weight MusicGen checkpoint (safetensors) plus its processor."""
+    import torch
+    from transformers import (
+        EncodecConfig,
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+        T5Config,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = train_t5_tokenizer(min(size.t5_vocab, 200))
+    channels = 2 if stereo else 1
+    codebooks = size.codebooks * channels
+    text = T5Config(
+        vocab_size=max(size.t5_vocab, len(tokenizer)),
+        d_model=size.t5_d_model,
+        d_kv=size.t5_d_model // size.t5_heads,
+        d_ff=size.t5_ff,
+        num_layers=size.t5_layers,
+        num_heads=size.t5_heads,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    audio = EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=size.vocab,
+        hidden_size=size.encodec_hidden,
+        num_filters=size.encodec_filters,
+        target_bandwidths=[2.2],
+        use_causal_conv=False,
+        normalize=False,
+        codebook_dim=size.encodec_hidden,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        ffn_dim=size.ffn,
+        num_codebooks=codebooks,
+        audio_channels=channels,
+        max_position_embeddings=size.max_position,
+        pad_token_id=size.vocab,
+        bos_token_id=size.vocab,
+    )
+    config = MusicgenConfig(
+        text_encoder=text.to_dict(),
+        audio_encoder=audio.to_dict(),
+        decoder=decoder.to_dict(),
+        decoder_start_token_id=size.vocab,
+        pad_token_id=size.vocab,
+    )
+    model = MusicgenForConditionalGeneration(config).eval()
+    # EnCodec's codebooks start as zeros (they are learned by k-means); random ones make the
+    # decoded audio depend on the codes, so different seeds give different audio.
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+            layer.codebook.cluster_size.fill_(1.0)
+    model.generation_config.decoder_start_token_id = size.vocab
+    model.generation_config.pad_token_id = size.vocab
+    model.generation_config.max_length = 1500
+    model.generation_config.do_sample = True
+    model.generation_config.guidance_scale = 3.0
+    model.save_pretrained(folder, safe_serialization=True)
+    processor = MusicgenProcessor(
+        feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(folder)
+    return folder
