@@ -51,3 +51,22 @@ def settings_file() -> Path:
 
 def library_db() -> Path:
     return data_dir() / "library.sqlite3"
+
+
+def ensure_writable_dir(folder: Path) -> Path:
+    """Create `folder` if needed and prove it is writable, before any long job starts."""
+    import tempfile
+
+    from samplemind_gen.errors import OutputNotWritableError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".samplemind-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"cannot write to {folder} ({exc.strerror or exc}); choose another folder with "
+            "--output or fix its permissions"
+        ) from exc
+    return folder

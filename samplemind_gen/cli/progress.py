@@ -1,0 +1,50 @@
+"""A one-line progress display on stderr, shared by the CLI commands."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from samplemind_gen.request import Progress, describe_progress
+
+
+class ProgressLine:
+    """Redraws one stderr line on a terminal (throttled); prints stage changes otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.1) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval
+        self._last = 0.0
+        self._stage = ""
+        self._width = 0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        final = progress.total and progress.step >= progress.total
+        if progress.stage == self._stage and now - self._last < self.interval and not final:
+            return
+        self._last = now
+        text = describe_progress(progress)
+        if progress.stage == "generating" and progress.total:
+            bar = _bar(progress.fraction)
+            text = f"{bar} {text}"
+        if self.tty:
+            pad = max(0, self._width - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self._width = len(text)
+        elif progress.stage != self._stage:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self._stage = progress.stage
+
+    def done(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"

@@ -1,0 +1,212 @@
+"""`AudioEngineWithGeneration`: the one entry point both front ends use.
+
+It resolves and loads models (once per session), runs engines off the caller's thread, pipes
+every result through the analyzer and hands back `Take`s with their full recipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from samplemind_gen.catalog import DEFAULT_MODEL, ResolvedModel, resolve_model
+from samplemind_gen.engines.base import Engine, LoadOptions, ProgressCallback
+from samplemind_gen.recipe import Recipe
+from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
+from samplemind_gen.take import Take
+
+if TYPE_CHECKING:
+    from samplemind_gen.analysis import AudioFeatures
+
+DEFAULT_SFX_MODEL = "audioldm-s-full-v2"
+
+
+class AudioEngineWithGeneration:
+    """Loads models on demand, keeps them for the session, and turns requests into takes."""
+
+    def __init__(self, options: LoadOptions | None = None, *, analyze: bool = True) -> None:
+        self.options = options or LoadOptions()
+        self.analyze_takes = analyze
+        self._engines: dict[tuple[str, LoadOptions], Engine] = {}
+        self._lock = threading.Lock()
+        self.load_count = 0
+
+    # ---------------------------------------------------------------- models
+    def resolve(self, model: str | ResolvedModel | None) -> ResolvedModel:
+        if isinstance(model, ResolvedModel):
+            return model
+        return resolve_model(model or DEFAULT_MODEL)
+
+    def is_loaded(self, model: str | ResolvedModel | None) -> bool:
+        resolved = self.resolve(model)
+        return (self._key(resolved), self.options) in self._engines
+
+    def load(
+        self, model: str | ResolvedModel | None = None, *, on_progress: ProgressCallback | None = None
+    ) -> Engine:
+        """Load (or reuse) the engine for `model`. Blocking; call it from a worker thread."""
+        from samplemind_gen.engines import load_engine
+
+        resolved = self.resolve(model)
+        key = (self._key(resolved), self.options)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = load_engine(resolved, self.options, on_progress=on_progress)
+                self._engines[key] = engine
+                self.load_count += 1
+        return engine
+
+    def unload(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+    @staticmethod
+    def _key(model: ResolvedModel) -> str:
+        return str(model.local_path) if model.local_path else model.spec.repo_id
+
+    # ------------------------------------------------------------ generation
+    def generate_blocking(
+        self,
+        requests: GenerationRequest | Sequence[GenerationRequest],
+        *,
+        model: str | ResolvedModel | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Take]:
+        """Generate one take per request (as one batch), analysed and with its recipe."""
+        batch = [requests] if isinstance(requests, GenerationRequest) else list(requests)
+        resolved = self.resolve(model)
+        for request in batch:
+            validate_request(request, max_duration=resolved.spec.max_duration)
+        engine = self.load(resolved, on_progress=on_progress)
+        outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
+        takes = [self._to_take(engine, out) for out in outputs]
+        if self.analyze_takes:
+            if on_progress:
+                on_progress(Progress(stage="analysing", message="analysing"))
+            for take in takes:
+                t0 = time.perf_counter()
+                take.features = analyze_audio(take.audio, take.sample_rate)
+                take.timings["analysis"] = time.perf_counter() - t0
+        return takes
+
+    def variations(self, request: GenerationRequest, count: int) -> list[GenerationRequest]:
+        """`count` takes of the same prompt with fresh random seeds (one batch)."""
+        return [replace(request, seed=None).resolved() for _ in range(count)]
+
+    def _to_take(self, engine: Engine, out: GeneratedAudio) -> Take:
+        recipe = Recipe(
+            prompt=out.request.prompt,
+            model=engine.spec.name if engine.spec.repo_id != engine.model_id else engine.model_id,
+            revision=engine.revision,
+            family=engine.spec.family,
+            seed=out.seed,
+            params=out.request.params(),
+            device=engine.device,
+            dtype=engine.dtype,
+            sample_rate=out.sample_rate,
+            channels=out.channels,
+            duration=out.request.duration,
+        )
+        return Take(
+            audio=out.audio,
+            sample_rate=out.sample_rate,
+            recipe=recipe,
+            timings=dict(out.timings),
+            notes=list(out.notes),
+        )
+
+    # ----------------------------------------------------------------- async
+    async def generate(
+        self,
+        request: GenerationRequest | Sequence[GenerationRequest],
+        *,
+        model: str | ResolvedModel | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Take]:
+        return await asyncio.to_thread(
+            self.generate_blocking, request, model=model, on_progress=on_progress, cancel=cancel
+        )
+
+    async def generate_background_music(
+        self, prompt: str, duration: float = 10.0, *, model: str | None = None, **params: Any
+    ) -> Take:
+        request = GenerationRequest(prompt=prompt, duration=duration, **params)
+        return (await self.generate(request, model=model or DEFAULT_MODEL))[0]
+
+    async def generate_sound_effect(
+        self, prompt: str, duration: float = 5.0, *, model: str | None = None, **params: Any
+    ) -> Take:
+        request = GenerationRequest(prompt=prompt, duration=duration, **params)
+        return (await self.generate(request, model=model or DEFAULT_SFX_MODEL))[0]
+
+    async def analyze_audio_async(
+        self, audio: np.ndarray | str | Path, sample_rate: int | None = None
+    ) -> AudioFeatures:
+        if isinstance(audio, (str, Path)):
+            return await asyncio.to_thread(analyze_file, Path(audio))
+        if sample_rate is None:
+            raise ValueError("sample_rate is required with an array")
+        return await asyncio.to_thread(analyze_audio, audio, sample_rate)
+
+    # ---------------------------------------------------------------- export
+    def export(
+        self,
+        take: Take,
+        destination: Path | None = None,
+        *,
+        fmt: str | None = None,
+        template: str = "{prompt_slug}_{seed}",
+    ) -> Path:
+        """Write the take with its recipe embedded; `destination` is a file or a folder."""
+        return export_take_to(take, destination, fmt=fmt, template=template)
+
+
+def analyze_audio(audio: np.ndarray, sample_rate: int) -> AudioFeatures:
+    from samplemind_gen.analysis import analyze
+
+    return analyze(audio, sample_rate)
+
+
+def analyze_file(path: Path) -> AudioFeatures:
+    from samplemind_gen.audio_io import read_audio
+
+    audio, sr = read_audio(path)
+    return analyze_audio(audio, sr)
+
+
+def export_take_to(
+    take: Take,
+    destination: Path | None,
+    *,
+    fmt: str | None = None,
+    template: str = "{prompt_slug}_{seed}",
+) -> Path:
+    from samplemind_gen import export, paths
+
+    if destination is None:
+        destination = paths.export_dir()
+    destination = Path(destination).expanduser()
+    if destination.suffix and not destination.is_dir():
+        path = destination
+        fmt = fmt or export.format_from_path(path)
+    else:
+        fmt = fmt or "wav24"
+        name = export.default_filename(take.recipe, template=template, fmt=fmt, features=take.features)
+        path = export.unique_path(destination / name)
+    written = export.export_take(
+        take.audio, take.sample_rate, path, recipe=take.recipe, features=take.features, fmt=fmt
+    )
+    take.path = written
+    return written
