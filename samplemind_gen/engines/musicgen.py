@@ -76,6 +76,7 @@ class MusicGenEngine:
         on_progress: ProgressCallback | None = None,
     ) -> MusicGenEngine:
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
         started = time.perf_counter()
@@ -89,7 +90,7 @@ class MusicGenEngine:
                 path, dtype=torch_dtype(dtype), use_safetensors=True, local_files_only=True
             )
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise ModelFilesError(
                 f"could not load the MusicGen checkpoint in {path}: {_short(exc)}; the files are "
                 "missing or damaged: download the model again (`samplemind-gen models download`)"
