@@ -64,6 +64,11 @@ class AudioEngineWithGeneration:
                 self.load_count += 1
         return engine
 
+    def loaded_engine(self, model: str | ResolvedModel | None) -> Engine | None:
+        """The engine for `model` if it is already loaded (never loads it)."""
+        resolved = self.resolve(model)
+        return self._engines.get((self._key(resolved), self.options))
+
     def unload(self) -> None:
         with self._lock:
             for engine in self._engines.values():

@@ -22,11 +22,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="what to avoid (diffusion models)")
     p.add_argument("--scheduler", choices=["fast", "quality"], default="fast")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
-    )
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--quantize", choices=["int8"], default=None, help="MusicGen decoder weights")
-    p.add_argument("--format", dest="fmt", default=None, help="wav, wav16, wav24, wav32f, flac, ogg")
+    p.add_argument(
+        "--format", dest="fmt", default=None, help="wav, wav16, wav24, wav32f, flac, ogg"
+    )
     p.add_argument("--template", default="{prompt_slug}_{seed}", help="file name template")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
@@ -39,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variations", type=int, default=1, help="takes per prompt, new seeds")
     p.add_argument("--output", "-o", type=Path, default=None, help="file or folder")
     p.add_argument("--play", action="store_true", help="play the take when it is ready")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="generate again even if the library holds a take with this exact recipe and seed",
+    )
     p.set_defaults(handler=run)
 
 
@@ -67,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
     from samplemind_gen.cli.progress import ProgressLine
     from samplemind_gen.engines.base import LoadOptions
+    from samplemind_gen.finishing import finish_take, open_library
     from samplemind_gen.request import validate_request
-    from samplemind_gen.service import AudioEngineWithGeneration, export_take_to
+    from samplemind_gen.reuse import generate_or_reuse, was_reused
+    from samplemind_gen.service import AudioEngineWithGeneration
 
     if args.variations < 1 or args.variations > 16:
         raise BadInputError("--variations must be from 1 to 16")
@@ -97,14 +104,18 @@ def run(args: argparse.Namespace) -> int:
         LoadOptions(device=args.device, dtype=args.dtype, quantize=args.quantize)
     )
     progress = ProgressLine()
+    library = open_library()
+    reuse = library if args.seed is not None and not getattr(args, "no_reuse", False) else None
     try:
-        takes = service.generate_blocking(requests, model=model, on_progress=progress)
+        takes = generate_or_reuse(
+            service, requests, library=reuse, model=model, on_progress=progress
+        )
     finally:
         progress.done()
-    for take in takes:
+    for i, take in enumerate(takes):
         for note in take.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        export_take_to(take, output, fmt=args.fmt, template=args.template)
+            print(f"{'note' if was_reused(take) else 'warning'}: {note}", file=sys.stderr)
+        takes[i] = finish_take(take, output, fmt=args.fmt, template=args.template, library=library)
     if args.play:
         from samplemind_gen.playback import play_blocking
 
