@@ -1,0 +1,128 @@
+"""`samplemind-gen library ...` and sample packs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import soundfile as sf
+from library_helpers import make_take, stored
+
+from samplemind_gen.cli.main import main
+from samplemind_gen.library import Library
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fill(tmp_path: Path) -> list[str]:
+    with Library() as lib:
+        return [
+            stored(lib, tmp_path / "takes", make_take("dusty lofi drums", seed=1, bpm=88)),
+            stored(
+                lib,
+                tmp_path / "takes",
+                make_take("dark techno kick", seed=2, bpm=130, key="F#", lufs=-9),
+            ),
+            stored(
+                lib,
+                tmp_path / "takes",
+                make_take("warm ambient pad", seed=3, bpm=None, key="C", mode="major", lufs=-20),
+            ),
+        ]
+
+
+def test_list_show_rate_fav_tag(capsys, tmp_path):
+    a, b, c = fill(tmp_path)
+    code, out, _ = run(capsys, "library", "list", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["total"] == 3 and [t["id"] for t in data["takes"]] == [c, b, a]
+    code, out, _ = run(capsys, "library", "list", "--bpm", "120:140", "--json")
+    assert [t["id"] for t in json.loads(out)["takes"]] == [b]
+    code, out, _ = run(capsys, "library", "list", "--lufs", ":-15", "--key", "C major", "--json")
+    assert [t["id"] for t in json.loads(out)["takes"]] == [c]
+    code, out, _ = run(capsys, "library", "list", "-s", "techno")
+    assert code == 0 and b in out and a not in out
+    assert run(capsys, "library", "rate", b[:6], "4")[0] == 0
+    assert run(capsys, "library", "fav", a)[0] == 0
+    assert run(capsys, "library", "tag", c, "Pads", "keeper")[0] == 0
+    code, out, _ = run(capsys, "library", "show", b, "--json")
+    assert json.loads(out)["rating"] == 4
+    code, out, _ = run(capsys, "library", "list", "--min-rating", "3", "--json")
+    assert [t["id"] for t in json.loads(out)["takes"]] == [b]
+    code, out, _ = run(capsys, "library", "list", "--favourites", "--json")
+    assert [t["id"] for t in json.loads(out)["takes"]] == [a]
+    code, out, _ = run(capsys, "library", "list", "--tag", "pads", "--json")
+    assert [t["id"] for t in json.loads(out)["takes"]] == [c]
+    code, out, _ = run(capsys, "library", "show", c)
+    assert code == 0 and "warm ambient pad" in out and "keeper, pads" in out
+    code, _, err = run(capsys, "library", "rate", b, "9")
+    assert code == 2 and "1 to 5" in err
+    code, _, err = run(capsys, "library", "show", "zzzz")
+    assert code == 2 and "library list" in err
+    code, _, err = run(capsys, "library", "list", "--bpm", "fast")
+    assert code == 2
+
+
+def test_delete_and_restore(capsys, tmp_path):
+    a, _b, _c = fill(tmp_path)
+    path = Path(json.loads(run(capsys, "library", "show", a, "--json")[1])["path"])
+    code, out, _ = run(capsys, "library", "delete", a, "--json")
+    assert code == 0 and json.loads(out)["deleted"][0]["deleted"] is True
+    assert not path.exists()
+    assert a not in run(capsys, "library", "list")[1]
+    assert a in run(capsys, "library", "trash")[1]
+    code, out, _ = run(capsys, "library", "restore", a, "--json")
+    assert code == 0 and path.is_file()
+    assert json.loads(out)["restored"][0]["path"] == str(path)
+
+
+def test_export_sample_pack_with_playlist_and_index(capsys, tmp_path):
+    a, b, c = fill(tmp_path)
+    pack = tmp_path / "pack"
+    code, out, err = run(capsys, "library", "export", a, c, "--to", str(pack), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    files = [Path(p) for p in data["files"]]
+    assert [p.name for p in files] == ["01_dusty-lofi-drums_1.wav", "02_warm-ambient-pad_3.wav"]
+    for p in files:
+        assert sf.info(str(p)).frames > 0
+    m3u = (pack / "playlist.m3u").read_text().splitlines()
+    assert m3u[0] == "#EXTM3U" and m3u[2] == files[0].name and m3u[4] == files[1].name
+    with open(pack / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [a, c]
+    assert float(rows[0]["bpm"]) == 88.0 and rows[1]["key"] == "C major"
+    index = json.loads((pack / "index.json").read_text())
+    assert index["takes"][1]["recipe"]["seed"] == 3
+    assert index["takes"][0]["features"]["tempo_bpm"] == 88.0
+    # Filters pick the takes when no ids are given; --format converts.
+    code, out, err = run(
+        capsys,
+        "library",
+        "export",
+        "--bpm",
+        "100:",
+        "--to",
+        str(tmp_path / "p2"),
+        "--format",
+        "flac",
+        "--no-number",
+        "--json",
+    )
+    assert code == 0, err
+    names = [Path(p).name for p in json.loads(out)["files"]]
+    assert names == ["dark-techno-kick_2.flac"]
+    from samplemind_gen.export import read_recipe
+
+    assert read_recipe(tmp_path / "p2" / names[0])["recipe"]["seed"] == 2
+    code, _, err = run(
+        capsys, "library", "export", "--search", "nothing", "--to", str(tmp_path / "x")
+    )
+    assert code == 2 and "no takes match" in err
+    assert b
