@@ -254,6 +254,11 @@ def resolve_model(name: str) -> ResolvedModel:
     for spec in CATALOG.values():
         if spec.repo_id == name:
             return ResolvedModel(spec)
+    from samplemind_gen.store.importer import imported_model  # lazy: the store imports us
+
+    imported = imported_model(name)
+    if imported is not None:
+        return ResolvedModel(spec_from_folder(imported.path, name), imported.path)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -64,3 +64,10 @@ class GenerationCancelled(SampleMindError):
 
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)
+
+
+class DownloadCancelled(GenerationCancelled):
+    """The user cancelled a model download; what was fetched is kept and the next run resumes."""
+
+    def __init__(self, message: str = "download cancelled; run it again to resume") -> None:
+        super().__init__(message)
