@@ -29,6 +29,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--template", default="{prompt_slug}_{seed}", help="file name template")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    from samplemind_gen.cli.processing import add_processing_options
+
+    add_processing_options(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +73,7 @@ def request_from_args(args: argparse.Namespace, prompt: str, seed: int | None): 
 def run(args: argparse.Namespace) -> int:
     from samplemind_gen import paths
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
+    from samplemind_gen.cli.processing import loop_duration, processing_from_args
     from samplemind_gen.cli.progress import ProgressLine
     from samplemind_gen.engines.base import LoadOptions
     from samplemind_gen.finishing import finish_take, open_library
@@ -84,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
         args.fmt = parse_format(args.fmt)
     model = resolve_model(args.model or DEFAULT_MODEL)
+    processing = processing_from_args(args, args.fmt)
+    if args.duration is None:
+        args.duration = loop_duration(args, model.spec.max_duration)
     requests = []
     for prompt in args.prompt:
         for i in range(args.variations):
@@ -108,14 +115,26 @@ def run(args: argparse.Namespace) -> int:
     reuse = library if args.seed is not None and not getattr(args, "no_reuse", False) else None
     try:
         takes = generate_or_reuse(
-            service, requests, library=reuse, model=model, on_progress=progress
+            service,
+            requests,
+            library=reuse,
+            model=model,
+            processing=processing,
+            on_progress=progress,
         )
     finally:
         progress.done()
     for i, take in enumerate(takes):
+        takes[i] = take = finish_take(
+            take,
+            output,
+            fmt=args.fmt,
+            template=args.template,
+            processing=processing,
+            library=library,
+        )
         for note in take.notes:
             print(f"{'note' if was_reused(take) else 'warning'}: {note}", file=sys.stderr)
-        takes[i] = finish_take(take, output, fmt=args.fmt, template=args.template, library=library)
     if args.play:
         from samplemind_gen.playback import play_blocking
 
