@@ -190,7 +190,9 @@ def spec_from_folder(path: Path, name: str | None = None) -> ModelSpec:
         try:
             data = json.loads(index.read_text())
         except (OSError, ValueError) as exc:
-            raise ModelFilesError(f"{index} is not valid JSON ({exc}); re-download the model") from exc
+            raise ModelFilesError(
+                f"{index} is not valid JSON ({exc}); re-download the model"
+            ) from exc
         family = _PIPELINE_FAMILIES.get(str(data.get("_class_name")))
         if family is None:
             raise ModelFilesError(
@@ -211,7 +213,9 @@ def spec_from_folder(path: Path, name: str | None = None) -> ModelSpec:
         try:
             data = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
-            raise ModelFilesError(f"{config} is not valid JSON ({exc}); re-download the model") from exc
+            raise ModelFilesError(
+                f"{config} is not valid JSON ({exc}); re-download the model"
+            ) from exc
         model_type = str(data.get("model_type", ""))
         if model_type not in ("musicgen", "musicgen_melody"):
             raise ModelFilesError(

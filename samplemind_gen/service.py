@@ -49,7 +49,10 @@ class AudioEngineWithGeneration:
         return (self._key(resolved), self.options) in self._engines
 
     def load(
-        self, model: str | ResolvedModel | None = None, *, on_progress: ProgressCallback | None = None
+        self,
+        model: str | ResolvedModel | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
     ) -> Engine:
         """Load (or reuse) the engine for `model`. Blocking; call it from a worker thread."""
         from samplemind_gen.engines import load_engine
@@ -208,7 +211,9 @@ def export_take_to(
         fmt = fmt or export.format_from_path(path)
     else:
         fmt = fmt or "wav24"
-        name = export.default_filename(take.recipe, template=template, fmt=fmt, features=take.features)
+        name = export.default_filename(
+            take.recipe, template=template, fmt=fmt, features=take.features
+        )
         path = export.unique_path(destination / name)
     written = export.export_take(
         take.audio, take.sample_rate, path, recipe=take.recipe, features=take.features, fmt=fmt

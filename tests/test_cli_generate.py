@@ -29,13 +29,35 @@ def files_in(folder: Path) -> list[Path]:
 def test_generate_json_writes_an_analysed_take_with_its_recipe(capsys, tiny_musicgen, tmp_path):
     out_dir = tmp_path / "out"
     code, out, err = run_cli(
-        capsys, "generate", "lofi hip hop drums", "--model", str(tiny_musicgen),
-        "--duration", "0.5", "--seed", "42", "--dtype", "float32", "--output", str(out_dir), "--json",
+        capsys,
+        "generate",
+        "lofi hip hop drums",
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.5",
+        "--seed",
+        "42",
+        "--dtype",
+        "float32",
+        "--output",
+        str(out_dir),
+        "--json",
     )
     assert code == 0, err
     data = json.loads(out)
-    for key in ("path", "model", "revision", "sample_rate", "channels", "duration", "seed",
-                "params", "features", "timings"):
+    for key in (
+        "path",
+        "model",
+        "revision",
+        "sample_rate",
+        "channels",
+        "duration",
+        "seed",
+        "params",
+        "features",
+        "timings",
+    ):
         assert key in data
     assert data["seed"] == 42 and data["sample_rate"] == 32000 and data["channels"] == 1
     assert data["duration"] == pytest.approx(0.5)
@@ -56,9 +78,22 @@ def test_generate_same_seed_gives_the_same_audio(capsys, tiny_musicgen, tmp_path
     paths = []
     for name in ("a.wav", "b.wav"):
         code, out, err = run_cli(
-            capsys, "generate", "dusty vinyl jazz", "--model", str(tiny_musicgen), "--duration",
-            "0.3", "--seed", "5", "--dtype", "float32", "--format", "wav32f",
-            "--output", str(tmp_path / name), "--json",
+            capsys,
+            "generate",
+            "dusty vinyl jazz",
+            "--model",
+            str(tiny_musicgen),
+            "--duration",
+            "0.3",
+            "--seed",
+            "5",
+            "--dtype",
+            "float32",
+            "--format",
+            "wav32f",
+            "--output",
+            str(tmp_path / name),
+            "--json",
         )
         assert code == 0, err
         paths.append(json.loads(out)["path"])
@@ -69,8 +104,19 @@ def test_generate_same_seed_gives_the_same_audio(capsys, tiny_musicgen, tmp_path
 
 def test_several_prompts_run_as_one_batch(capsys, tiny_musicgen, tmp_path):
     code, out, err = run_cli(
-        capsys, "generate", "warm pad", "punchy kick", "--model", str(tiny_musicgen),
-        "--duration", "0.2", "--output", str(tmp_path), "--json", "--dtype", "float32",
+        capsys,
+        "generate",
+        "warm pad",
+        "punchy kick",
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.2",
+        "--output",
+        str(tmp_path),
+        "--json",
+        "--dtype",
+        "float32",
     )
     assert code == 0, err
     takes = json.loads(out)["takes"]
@@ -80,8 +126,15 @@ def test_several_prompts_run_as_one_batch(capsys, tiny_musicgen, tmp_path):
 
 def test_long_prompt_is_truncated_with_a_warning(capsys, tiny_musicgen, tmp_path):
     code, _, err = run_cli(
-        capsys, "generate", " ".join(["warm dusty vinyl jazz chords"] * 200), "--model",
-        str(tiny_musicgen), "--duration", "0.1", "--output", str(tmp_path),
+        capsys,
+        "generate",
+        " ".join(["warm dusty vinyl jazz chords"] * 200),
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.1",
+        "--output",
+        str(tmp_path),
     )
     assert code == 0
     assert "warning:" in err and "cut off" in err
@@ -115,7 +168,9 @@ def test_bad_input_exits_2_with_one_line_and_no_file(capsys, tiny_musicgen, tmp_
 
 
 def test_unknown_model_name(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "generate", "x", "--model", "musicgen-tiny-xyz", "-o", str(tmp_path))
+    code, _, err = run_cli(
+        capsys, "generate", "x", "--model", "musicgen-tiny-xyz", "-o", str(tmp_path)
+    )
     assert code == 2 and "unknown model" in err and "models list" in err
 
 
@@ -123,8 +178,15 @@ def test_output_folder_not_writable(capsys, tiny_musicgen, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
     code, _, err = run_cli(
-        capsys, "generate", "x", "--model", str(tiny_musicgen), "--duration", "0.1",
-        "--output", str(blocker / "sub"),
+        capsys,
+        "generate",
+        "x",
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.1",
+        "--output",
+        str(blocker / "sub"),
     )
     assert code == 2 and "cannot write" in err
 
@@ -170,7 +232,9 @@ def test_not_cached_and_hub_unreachable(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
-    code, _, err = run_cli(capsys, "generate", "x", "--model", "musicgen-small", "-o", str(tmp_path))
+    code, _, err = run_cli(
+        capsys, "generate", "x", "--model", "musicgen-small", "-o", str(tmp_path)
+    )
     assert code == 2
     assert "unreachable" in err or "not downloaded" in err
 
@@ -194,9 +258,23 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tiny_musicgen, tmp_path):
     out_dir = tmp_path / "out"
     env = dict(os.environ)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "samplemind_gen", "generate", "long take", "--model",
-         str(tiny_musicgen), "--duration", "30", "--output", str(out_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "samplemind_gen",
+            "generate",
+            "long take",
+            "--model",
+            str(tiny_musicgen),
+            "--duration",
+            "30",
+            "--output",
+            str(out_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.time() + 120
     # Wait until generation is under way (the progress line names steps), then interrupt.

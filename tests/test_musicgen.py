@@ -31,7 +31,9 @@ def reference_audio(engine, prompts, duration, guidance):  # type: ignore[no-unt
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
 def test_greedy_matches_transformers_generate_batched_with_padding(musicgen_engine, guidance):
-    requests = [GenerationRequest(p, duration=0.4, guidance_scale=guidance, seed=1) for p in PROMPTS]
+    requests = [
+        GenerationRequest(p, duration=0.4, guidance_scale=guidance, seed=1) for p in PROMPTS
+    ]
     ours = musicgen_engine.generate(requests, greedy=True)
     ref = reference_audio(musicgen_engine, PROMPTS, 0.4, guidance)
     for i, take in enumerate(ours):
@@ -42,7 +44,9 @@ def test_greedy_matches_transformers_generate_batched_with_padding(musicgen_engi
 def test_stereo_greedy_matches_and_has_two_channels(tiny_musicgen_stereo: Path):
     engine = load_engine(resolve_model(str(tiny_musicgen_stereo)), LoadOptions(dtype="float32"))
     assert engine.channels == 2
-    ours = engine.generate([GenerationRequest(p, duration=0.3, seed=2) for p in PROMPTS], greedy=True)
+    ours = engine.generate(
+        [GenerationRequest(p, duration=0.3, seed=2) for p in PROMPTS], greedy=True
+    )
     ref = reference_audio(engine, PROMPTS, 0.3, 3.0)
     for i, take in enumerate(ours):
         assert take.audio.shape[0] == 2
@@ -72,7 +76,9 @@ def test_same_seed_identical_different_seed_differs(musicgen_engine):
 def test_random_seed_is_resolved_and_recorded(musicgen_engine):
     (take,) = musicgen_engine.generate([GenerationRequest(PROMPTS[0], duration=0.2)])
     assert isinstance(take.seed, int)
-    (again,) = musicgen_engine.generate([GenerationRequest(PROMPTS[0], duration=0.2, seed=take.seed)])
+    (again,) = musicgen_engine.generate(
+        [GenerationRequest(PROMPTS[0], duration=0.2, seed=take.seed)]
+    )
     np.testing.assert_array_equal(take.audio, again.audio)
 
 
@@ -88,7 +94,9 @@ def test_batch_repeats_exactly_with_one_generator_per_take(musicgen_engine):
 
 def test_progress_every_step(musicgen_engine):
     seen: list[Progress] = []
-    musicgen_engine.generate([GenerationRequest(PROMPTS[0], duration=0.2, seed=1)], on_progress=seen.append)
+    musicgen_engine.generate(
+        [GenerationRequest(PROMPTS[0], duration=0.2, seed=1)], on_progress=seen.append
+    )
     steps = [p for p in seen if p.stage == "generating"]
     total = musicgen_engine.steps_for(0.2)
     assert [p.step for p in steps] == list(range(1, total + 1))
@@ -109,7 +117,9 @@ def test_cancel_stops_within_one_step(musicgen_engine):
 
     with pytest.raises(GenerationCancelled):
         musicgen_engine.generate(
-            [GenerationRequest(PROMPTS[0], duration=1.0, seed=1)], on_progress=on_progress, cancel=cancel
+            [GenerationRequest(PROMPTS[0], duration=1.0, seed=1)],
+            on_progress=on_progress,
+            cancel=cancel,
         )
     assert max(seen) == 5
     # The engine stays usable after a cancel.
