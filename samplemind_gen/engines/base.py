@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from samplemind_gen.catalog import ModelSpec
 from samplemind_gen.errors import GenerationCancelled
 from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress
 
 ProgressCallback = Callable[[Progress], None]
+AudioCallback = Callable[[Any, int], None]
+"""`on_audio(chunk, start_sample)`: float32 numpy (batch, channels, n) audio from `start_sample`
+on, in order and back to back, while a take is still being generated (streaming engines)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free the model's memory."""
         ...
+
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An engine that can hand out audio while it generates (MusicGen). Kept apart from `Engine`
+    so engines that cannot stream (diffusion) need not accept `on_audio`; test with
+    `isinstance(engine, StreamingEngine)`."""
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        on_audio: AudioCallback | None = None,
+    ) -> list[GeneratedAudio]: ...
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
