@@ -34,6 +34,7 @@ def expected_identity(
     model: str | ResolvedModel | None,
     request: GenerationRequest,
     processing: Mapping[str, Any] | None = None,
+    extra_params: Mapping[str, Any] | None = None,
 ) -> str | None:
     """The identity the take for `request` will have, or None when it cannot be known without
     generating (no fixed seed, or the model is not on this machine)."""
@@ -61,7 +62,7 @@ def expected_identity(
         revision=revision,
         family=resolved.spec.family,
         seed=int(request.seed),
-        params=request.params(),
+        params={**request.params(), **dict(extra_params or {})},
         device=device,
         dtype=dtype,
         processing=processing,
@@ -74,8 +75,9 @@ def find_reusable(
     model: str | ResolvedModel | None,
     request: GenerationRequest,
     processing: Mapping[str, Any] | None = None,
+    extra_params: Mapping[str, Any] | None = None,
 ) -> StoredTake | None:
-    identity = expected_identity(service, model, request, processing)
+    identity = expected_identity(service, model, request, processing, extra_params)
     return library.find_cached(identity) if identity is not None else None
 
 
@@ -88,27 +90,43 @@ def generate_or_reuse(
     processing: Mapping[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    long_form: Any = None,
 ) -> list[Take]:
     """One take per request, in order. Takes found in the library come back with `path` set
-    (they are already exported and recorded); the others are fresh, with `path` None."""
+    (they are already exported and recorded); the others are fresh, with `path` None.
+    `long_form` (a `LongForm`) sends MusicGen requests through the windowed path."""
     resolved = service.resolve(model)
+    extra: dict[str, Any] = {}
+    limit = resolved.spec.max_duration
+    if long_form is not None:
+        from samplemind_gen.longform import MAX_LONG_DURATION, check_model, long_form_params
+
+        check_model(resolved)
+        extra = long_form_params(long_form)
+        limit = MAX_LONG_DURATION
     for request in requests:
-        validate_request(request, max_duration=resolved.spec.max_duration)
+        validate_request(request, max_duration=limit)
     found: dict[int, Take] = {}
     if library is not None:
         for i, request in enumerate(requests):
-            stored = find_reusable(library, service, resolved, request, processing)
+            stored = find_reusable(library, service, resolved, request, processing, extra)
             if stored is not None:
                 take = stored.load()
                 take.notes.append(f"{REUSED_NOTE}: {stored.path}")
                 take.timings["reused"] = 0.0
                 found[i] = take
     missing = [r for i, r in enumerate(requests) if i not in found]
-    fresh = (
-        service.generate_blocking(missing, model=resolved, on_progress=on_progress, cancel=cancel)
-        if missing
-        else []
-    )
+    fresh: list[Take] = []
+    if missing and long_form is not None:
+        from samplemind_gen.longform import generate_long_blocking
+
+        fresh = generate_long_blocking(
+            service, missing, long_form, model=resolved, on_progress=on_progress, cancel=cancel
+        )
+    elif missing:
+        fresh = service.generate_blocking(
+            missing, model=resolved, on_progress=on_progress, cancel=cancel
+        )
     it = iter(fresh)
     return [found[i] if i in found else next(it) for i in range(len(requests))]
 

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variations", type=int, default=1, help="takes per prompt, new seeds")
     p.add_argument("--output", "-o", type=Path, default=None, help="file or folder")
     p.add_argument("--play", action="store_true", help="play the take when it is ready")
+    from samplemind_gen.cli.longform import add_longform_options
+
+    add_longform_options(p)
     p.add_argument(
         "--no-reuse",
         action="store_true",
@@ -73,10 +76,12 @@ def request_from_args(args: argparse.Namespace, prompt: str, seed: int | None): 
 def run(args: argparse.Namespace) -> int:
     from samplemind_gen import paths
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
+    from samplemind_gen.cli.longform import longform_from_args
     from samplemind_gen.cli.processing import loop_duration, processing_from_args
     from samplemind_gen.cli.progress import ProgressLine
     from samplemind_gen.engines.base import LoadOptions
     from samplemind_gen.finishing import finish_take, open_library
+    from samplemind_gen.longform import MAX_LONG_DURATION
     from samplemind_gen.request import validate_request
     from samplemind_gen.reuse import generate_or_reuse, was_reused
     from samplemind_gen.service import AudioEngineWithGeneration
@@ -98,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
             if args.seed is not None and i > 0:
                 seed = (args.seed + i) % (2**32)
             requests.append(request_from_args(args, prompt, seed).resolved())
+    long_form = longform_from_args(args, model)
+    limit = model.spec.max_duration if long_form is None else MAX_LONG_DURATION
     for request in requests:
-        validate_request(request, max_duration=model.spec.max_duration)
+        validate_request(request, max_duration=limit)
 
     output: Path | None = args.output
     folder = output if output is None or not output.suffix else output.parent
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
             processing=processing,
             on_progress=progress,
+            long_form=long_form,
         )
     finally:
         progress.done()
