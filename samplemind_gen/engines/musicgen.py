@@ -115,9 +115,11 @@ class MusicGenEngine:
                 f"could not load the MusicGen checkpoint in {path}: {_short(exc)}; the files are "
                 "missing or damaged: download the model again (`samplemind-gen models download`)"
             ) from exc
-        # EnCodec stays in fp32 on CPU: it runs once per take and bf16 costs audible quality.
+        # On CPU the text encoder and EnCodec stay fp32: they run once per take, this CPU has no
+        # native bf16 (T5 in bf16 measured ~10x slower), and EnCodec in bf16 costs audible
+        # quality. Their exact fp32 weights are read back from the checkpoint.
         if dtype != "float32" and not device.startswith("cuda"):
-            model.audio_encoder.to(torch.float32)
+            _restore_fp32(model, path, ("text_encoder.", "audio_encoder."))
         # Text-to-music never encodes audio: drop EnCodec's encoder half.
         model.audio_encoder.encoder = None
         model.to(device).eval()
@@ -274,7 +276,7 @@ class MusicGenEngine:
         ):
             states = model.enc_to_dec_proj(states)
         states = states * mask[..., None]
-        return states, mask
+        return states.to(self.cached_decoder.dtype), mask
 
     def _decode_loop(
         self,
@@ -389,6 +391,24 @@ class MusicGenEngine:
             right = encodec.decode(codes[:, :, 1::2, :], audio_scales=scales).audio_values
             audio = torch.cat([left, right], dim=1)
         return audio.to(torch.float32).cpu().numpy()
+
+
+def _restore_fp32(model: Any, path: Path, prefixes: tuple[str, ...]) -> None:
+    """Switch the sub-models under `prefixes` to fp32 and copy their weights from the
+    safetensors files, so they are exactly the checkpoint's (not a bf16 round trip)."""
+    import torch
+    from safetensors import safe_open
+
+    for prefix in prefixes:
+        model.get_submodule(prefix.rstrip(".")).to(torch.float32)
+    params = {k: v for k, v in model.state_dict(keep_vars=True).items() if k.startswith(prefixes)}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                target = params.get(name)
+                if target is not None and target.dtype == torch.float32:
+                    with torch.no_grad():
+                        target.copy_(f.get_tensor(name).to(torch.float32))
 
 
 def _check_files(path: Path) -> None:

@@ -1,0 +1,311 @@
+"""MusicGen speed, side by side in one run: transformers' `generate` (fp32, the baseline) against
+each of samplemind-gen's modes, on the real musicgen-small architecture with random weights.
+
+    .venv/bin/python benchmarks/bench_musicgen.py                       # 2.5 s takes, 3 rounds
+    .venv/bin/python benchmarks/bench_musicgen.py --duration 10 --rounds 5
+    .venv/bin/python benchmarks/bench_musicgen.py --modes baseline,bf16,bf16-hf,int8,int8-hf
+
+Each mode lives in its own worker process (so each peak RSS is that mode's alone), all loaded up
+front; the parent then runs round 1 of every mode, round 2 of every mode, ... one worker at a time.
+This machine's CPU speed drifts several-fold minute to minute, so numbers are medians over rounds,
+and speedups are medians of per-round ratios against the baseline run in the same round.
+
+Modes: baseline (transformers generate, fp32), fp32, bf16, int8 (ours, streaming on, CFG 3),
+and "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder.
+The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path("/tmp/musicgen-small-arch")
+PROMPT = "warm dusty lofi hip hop drums with a deep bass and vinyl crackle"
+MODES = ("baseline", "fp32", "bf16", "int8", "bf16-hf", "int8-hf", "fp32-hf")
+
+
+# ------------------------------------------------------------------------------------- worker
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Linux: restart the VmHWM (peak RSS) counter, so later peaks are generation-only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(mode: str, checkpoint: Path) -> None:
+    """Load one mode, then answer each line on stdin ("<duration>") with one JSON result line."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    t0 = time.perf_counter()
+    if mode == "baseline":
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+        model = MusicgenForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+        model.eval()
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        run = baseline_runner(model, processor)
+    else:
+        from samplemind_gen.catalog import resolve_model
+        from samplemind_gen.engines import LoadOptions, load_engine
+
+        base, _, variant = mode.partition("-")
+        options = {
+            "fp32": LoadOptions(device="cpu", dtype="float32"),
+            "bf16": LoadOptions(device="cpu", dtype="bfloat16"),
+            "int8": LoadOptions(device="cpu", dtype="bfloat16", quantize="int8"),
+        }[base]
+        engine = load_engine(resolve_model(str(checkpoint)), options)
+        if variant == "hf":
+            engine.decode_with = "transformers"
+        run = engine_runner(engine)
+    loaded = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": current_rss_mb()}
+    loaded["peak_rss_load_mb"] = peak_rss_mb()
+    loaded["hwm_reset"] = reset_peak_rss()
+    print(json.dumps({"ready": mode, **loaded}), flush=True)
+    for line in sys.stdin:
+        duration = float(line)
+        result = run(duration)
+        result.update(loaded, peak_rss_mb=vm_hwm_mb(), mode=mode, duration=duration)
+        print(json.dumps(result), flush=True)
+
+
+def baseline_runner(model, processor):  # type: ignore[no-untyped-def]
+    import torch
+
+    frame_rate = model.config.audio_encoder.sampling_rate / 640
+    codebooks = model.decoder.num_codebooks
+
+    def run(duration: float) -> dict:
+        steps = round(duration * frame_rate) + codebooks - 1
+        inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
+        t0 = time.perf_counter()
+        model.text_encoder(**inputs)
+        t_text = time.perf_counter() - t0
+        codes = torch.randint(0, 2048, (1, 1, codebooks, steps - codebooks + 1))
+        t0 = time.perf_counter()
+        model.audio_encoder.decode(codes, audio_scales=[None])
+        t_codec = time.perf_counter() - t0
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model.generate(
+            **inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=steps
+        )
+        total = time.perf_counter() - t0
+        # generate = T5 + decode steps + EnCodec; T5 and EnCodec timed alone just before.
+        decode = max(1e-9, total - t_text - t_codec)
+        return {
+            "steps": steps,
+            "ms_per_step": 1000 * decode / steps,
+            "text_encoder_s": t_text,
+            "audio_decoder_s": t_codec,
+            "total_s": total,
+            "first_audio_s": total,  # no streaming: the first sound is the whole take
+        }
+
+    return run
+
+
+def engine_runner(engine):  # type: ignore[no-untyped-def]
+    from samplemind_gen.request import GenerationRequest
+
+    def run(duration: float) -> dict:
+        request = GenerationRequest(PROMPT, duration=duration, seed=1, guidance_scale=3.0)
+        chunks = [0]
+        t0 = time.perf_counter()
+        (take,) = engine.generate(
+            [request], on_audio=lambda c, s: chunks.__setitem__(0, chunks[0] + 1)
+        )
+        total = time.perf_counter() - t0
+        t = take.timings
+        steps = engine.steps_for(duration)
+        decode = t["decode"] - t.get("stream_audio_decoder", 0.0)
+        return {
+            "steps": steps,
+            "ms_per_step": 1000 * decode / steps,
+            "text_encoder_s": t["text_encoder"],
+            "audio_decoder_s": t["audio_decoder"],
+            "stream_decoder_s": t.get("stream_audio_decoder", 0.0),
+            "total_s": total,
+            "first_audio_s": t.get("first_audio", total),
+            "chunks": chunks[0],
+        }
+
+    return run
+
+
+# ------------------------------------------------------------------------------------- parent
+def ensure_checkpoint(folder: Path) -> Path:
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    from samplemind_gen.testing.tiny_musicgen import SMALL, build_musicgen
+
+    print(f"building the musicgen-small architecture (random weights) into {folder} ...")
+    t0 = time.perf_counter()
+    build_musicgen(folder, size=SMALL)
+    print(f"  built in {time.perf_counter() - t0:.0f} s")
+    return folder
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    name = platform.processor()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "cpu": name,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--duration", type=float, default=2.5, help="seconds of audio per take")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default="baseline,fp32,bf16,int8")
+    ap.add_argument("--json", type=Path, default=None, help="also write all rounds here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.checkpoint)
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        ap.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    checkpoint = ensure_checkpoint(args.checkpoint)
+    info = machine()
+    print(json.dumps(info))
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    env["PYTHONPATH"] = (
+        str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    workers: dict[str, subprocess.Popen] = {}
+    loads: dict[str, dict] = {}
+    try:
+        for mode in modes:  # one at a time, so loads do not fight for the 2 cores
+            cmd = [sys.executable, __file__, "--worker", mode, "--checkpoint", str(checkpoint)]
+            p = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            )
+            workers[mode] = p
+            assert p.stdout is not None
+            loads[mode] = json.loads(p.stdout.readline())
+            print(f"loaded {mode}: {loads[mode]['load_s']:.1f} s", flush=True)
+        results: dict[str, list[dict]] = {m: [] for m in modes}
+
+        def ask(mode: str, duration: float) -> dict:
+            p = workers[mode]
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(f"{duration}\n")
+            p.stdin.flush()
+            return json.loads(p.stdout.readline())
+
+        for mode in modes:  # warm-up (first-call allocations, oneDNN kernel choice)
+            ask(mode, 0.3)
+        for r in range(args.rounds):
+            for mode in modes:
+                res = ask(mode, args.duration)
+                results[mode].append(res)
+                print(
+                    f"round {r + 1} {mode:9s} {res['ms_per_step']:7.1f} ms/step  "
+                    f"total {res['total_s']:6.1f} s  first sound {res['first_audio_s']:5.2f} s",
+                    flush=True,
+                )
+    finally:
+        for p in workers.values():
+            if p.stdin:
+                p.stdin.close()
+            p.wait(timeout=60)
+    report(info, modes, results, args.duration)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    return 0
+
+
+def report(info: dict, modes: list[str], results: dict[str, list[dict]], duration: float) -> None:
+    base = results.get("baseline")
+    print()
+    print(
+        f"musicgen-small architecture, CFG 3, {duration:g} s takes, {len(next(iter(results.values())))} "
+        f"rounds; {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
+        f"transformers {info['transformers']}; {info['date']}"
+    )
+    header = (
+        "| mode | ms/step | speedup vs baseline | real-time factor | text encoder s | EnCodec s "
+        "| first sound s | peak RSS generating MB | peak RSS loading MB |"
+    )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for mode in modes:
+        rows = results[mode]
+        ms = median([r["ms_per_step"] for r in rows])
+        if base and mode != "baseline":
+            ratios = [b["ms_per_step"] / r["ms_per_step"] for b, r in zip(base, rows, strict=False)]
+            speed = f"{median(ratios):.2f}x"
+        else:
+            speed = "1.00x" if mode == "baseline" else "-"
+        rtf = median([r["total_s"] / r["duration"] for r in rows])
+        print(
+            f"| {mode} | {ms:.1f} | {speed} | {rtf:.2f} | "
+            f"{median([r['text_encoder_s'] for r in rows]):.3f} | "
+            f"{median([r['audio_decoder_s'] for r in rows]):.3f} | "
+            f"{median([r['first_audio_s'] for r in rows]):.2f} | "
+            f"{max(r['peak_rss_mb'] for r in rows):.0f} | "
+            f"{max(r['peak_rss_load_mb'] for r in rows):.0f} |"
+        )
+    print(
+        "\nreal-time factor = wall time of the whole take / its duration (<= 1 is real time); "
+        "first sound = time from the call to the first streamed chunk (baseline: the whole take); "
+        "peak RSS generating = VmHWM reset after loading; loading peak counts the mmapped "
+        "checkpoint pages that transformers touches while loading."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
