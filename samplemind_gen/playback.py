@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +100,109 @@ class Player:
                 stream.close()
             except Exception:
                 pass
+
+
+class StreamPlayer:
+    """Plays audio that arrives in chunks while a take is still being generated.
+
+    `feed(chunk)` from any thread (the output stream opens on the first chunk: that is the
+    time-to-first-sound); `finish()` when no more will come; `wait()` blocks until it has all
+    played. If generation falls behind playback, the player outputs silence and the playhead
+    waits (counted in `underruns`) rather than stopping."""
+
+    def __init__(self, sample_rate: int, channels: int) -> None:
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.underruns = 0
+        self.started_at: float | None = None
+        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self._offset = 0  # samples of _chunks[0] already played
+        self._played = 0
+        self._finished = False
+        self._drained = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: Any = None
+
+    @property
+    def position(self) -> float:
+        """Seconds played so far."""
+        return self._played / self.sample_rate
+
+    def feed(self, chunk: np.ndarray) -> None:
+        """Queue (channels, n) float audio; opens the output on the first call."""
+        self.queue(chunk)
+        if self._stream is None:
+            self._open()
+
+    def queue(self, chunk: np.ndarray) -> None:
+        """Queue audio without opening the output (pre-buffering)."""
+        frames = np.ascontiguousarray(np.atleast_2d(chunk).T, dtype=np.float32)
+        with self._lock:
+            self._chunks.append(frames)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            if self._stream is None:
+                self._drained.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until everything fed has played (after `finish`). False on timeout."""
+        done = self._drained.wait(timeout)
+        if done:
+            self.stop()
+        return done
+
+    def stop(self) -> None:
+        stream, self._stream = self._stream, None
+        self._drained.set()
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception:
+                pass
+
+    def _fill(self, out: np.ndarray) -> bool:
+        """Write up to len(out) frames into `out`; True when everything has played."""
+        n = len(out)
+        written = 0
+        with self._lock:
+            while written < n and self._chunks:
+                head = self._chunks[0]
+                take = min(n - written, len(head) - self._offset)
+                out[written : written + take] = head[self._offset : self._offset + take]
+                written += take
+                self._offset += take
+                if self._offset >= len(head):
+                    self._chunks.popleft()
+                    self._offset = 0
+            self._played += written
+            out[written:] = 0
+            if written < n and not self._finished:
+                self.underruns += 1
+            return self._finished and not self._chunks
+
+    def _open(self) -> None:
+        sd = _sounddevice()
+
+        def callback(outdata: Any, _n: int, _time: Any, _status: Any) -> None:
+            if self._fill(outdata):
+                raise sd.CallbackStop
+
+        try:
+            self._stream = sd.OutputStream(
+                samplerate=self.sample_rate,
+                channels=self.channels,
+                dtype="float32",
+                callback=callback,
+                finished_callback=self._drained.set,
+            )
+            self._stream.start()
+            self.started_at = time.perf_counter()
+        except Exception as exc:
+            self._stream = None
+            raise NoAudioDeviceError(str(exc).splitlines()[0] if str(exc) else "") from exc
 
 
 def play_blocking(audio: np.ndarray, sample_rate: int) -> None:

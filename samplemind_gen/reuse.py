@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from samplemind_gen.catalog import ResolvedModel
-from samplemind_gen.engines.base import ProgressCallback
+from samplemind_gen.engines.base import AudioCallback, ProgressCallback
 from samplemind_gen.errors import SampleMindError
 from samplemind_gen.library import Library, StoredTake, take_identity
 from samplemind_gen.request import GenerationRequest, validate_request
@@ -91,6 +91,7 @@ def generate_or_reuse(
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     long_form: Any = None,
+    on_audio: AudioCallback | None = None,
 ) -> list[Take]:
     """One take per request, in order. Takes found in the library come back with `path` set
     (they are already exported and recorded); the others are fresh, with `path` None.
@@ -125,7 +126,7 @@ def generate_or_reuse(
         )
     elif missing:
         fresh = service.generate_blocking(
-            missing, model=resolved, on_progress=on_progress, cancel=cancel
+            missing, model=resolved, on_progress=on_progress, cancel=cancel, on_audio=on_audio
         )
     it = iter(fresh)
     return [found[i] if i in found else next(it) for i in range(len(requests))]

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from samplemind_gen.catalog import DEFAULT_MODEL, ResolvedModel, resolve_model
-from samplemind_gen.engines.base import Engine, LoadOptions, ProgressCallback
+from samplemind_gen.engines.base import (
+    AudioCallback,
+    Engine,
+    LoadOptions,
+    ProgressCallback,
+    as_streaming,
+)
 from samplemind_gen.recipe import Recipe
 from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
 from samplemind_gen.take import Take
@@ -90,14 +96,25 @@ class AudioEngineWithGeneration:
         model: str | ResolvedModel | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        on_audio: AudioCallback | None = None,
     ) -> list[Take]:
-        """Generate one take per request (as one batch), analysed and with its recipe."""
+        """Generate one take per request (as one batch), analysed and with its recipe.
+        `on_audio(chunk, start_sample)` gets (batch, channels, n) audio while it is generated
+        (streaming engines), or all of it at once when the batch is done (other engines)."""
         batch = [requests] if isinstance(requests, GenerationRequest) else list(requests)
         resolved = self.resolve(model)
         for request in batch:
             validate_request(request, max_duration=resolved.spec.max_duration)
         engine = self.load(resolved, on_progress=on_progress)
-        outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
+        streaming = as_streaming(engine) if on_audio is not None else None
+        if streaming is not None:
+            outputs = streaming.generate(
+                batch, on_progress=on_progress, cancel=cancel, on_audio=on_audio
+            )
+        else:
+            outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
+            if on_audio is not None and outputs:
+                on_audio(np.stack([out.audio for out in outputs]), 0)
         takes = [self._to_take(engine, out) for out in outputs]
         if self.analyze_takes:
             if on_progress:

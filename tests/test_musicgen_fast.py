@@ -31,6 +31,13 @@ def test_cpu_default_is_bf16_and_encodec_encoder_is_dropped(tiny_musicgen: Path)
     engine = load(tiny_musicgen, device="cpu")
     assert engine.dtype == "bfloat16"
     assert engine.model.audio_encoder.encoder is None
+    # T5 and EnCodec are the checkpoint's exact fp32 weights, not a bf16 round trip.
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_musicgen / "model.safetensors"), framework="pt") as f:
+        name = next(k for k in f.keys() if k.startswith("text_encoder.encoder.block.0"))  # noqa: SIM118
+        expected = f.get_tensor(name)
+    assert torch.equal(engine.model.state_dict()[name], expected)
     (take,) = engine.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])
     assert take.audio.shape == (1, 6400) and np.isfinite(take.audio).all()
 
@@ -180,3 +187,50 @@ def test_cuda_bf16_streaming(tiny_musicgen: Path):  # pragma: no cover - GPU onl
         [GenerationRequest(PROMPT, duration=0.5, seed=1)], on_audio=lambda c, s: chunks.append(c)
     )
     assert np.concatenate(chunks, axis=-1).shape[-1] == take.audio.shape[-1]
+
+
+def test_stream_player_plays_chunks_back_to_back_and_pads_underruns():
+    from samplemind_gen.playback import StreamPlayer
+
+    player = StreamPlayer(32000, 2)
+    a = np.arange(10, dtype=np.float32).reshape(2, 5)
+    player.queue(a)
+    player.queue(a + 100)
+    out = np.full((4, 2), -1.0, dtype=np.float32)
+    assert player._fill(out) is False
+    np.testing.assert_array_equal(out, a.T[:4])
+    out = np.full((8, 2), -1.0, dtype=np.float32)
+    assert player._fill(out) is False  # more may come: the gap is silence, not the end
+    np.testing.assert_array_equal(out[:6], np.concatenate([a.T[4:], (a + 100).T]))
+    assert (out[6:] == 0).all() and player.underruns == 1
+    player.finish()
+    assert player._fill(np.zeros((4, 2), dtype=np.float32)) is True
+    assert player.position == pytest.approx(10 / 32000)
+    assert player.wait(timeout=1)
+
+
+def test_service_passes_streamed_audio_through(tiny_musicgen: Path):
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    service = AudioEngineWithGeneration(LoadOptions(device="cpu", dtype="float32"), analyze=False)
+    chunks: list[np.ndarray] = []
+    (take,) = service.generate_blocking(
+        GenerationRequest(PROMPT, duration=0.5, seed=1),
+        model=str(tiny_musicgen),
+        on_audio=lambda c, s: chunks.append(c),
+    )
+    assert len(chunks) >= 2
+    assert np.concatenate(chunks, axis=-1).shape == (1, *take.audio.shape)
+
+
+def test_bf16_and_int8_with_a_text_projection(tmp_path: Path):
+    """musicgen-small's T5 (768) is narrower than its decoder (1024): the projection between
+    them runs in the decoder's dtype while T5 stays fp32 on CPU."""
+    from samplemind_gen.testing.tiny_musicgen import MusicGenSize, build_musicgen
+
+    folder = build_musicgen(tmp_path / "proj", size=MusicGenSize(t5_d_model=24, t5_heads=2))
+    for options in ({"dtype": "bfloat16"}, {"quantize": "int8"}):
+        engine = load(folder, device="cpu", **options)
+        assert next(engine.model.text_encoder.parameters()).dtype == torch.float32
+        (take,) = engine.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])
+        assert take.audio.shape == (1, 6400) and np.isfinite(take.audio).all()

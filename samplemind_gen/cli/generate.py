@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from samplemind_gen.errors import BadInputError
 
@@ -73,6 +75,39 @@ def request_from_args(args: argparse.Namespace, prompt: str, seed: int | None): 
     return GenerationRequest(**kwargs)
 
 
+class LivePlayback:
+    """Feeds the first take's streamed chunks to a `StreamPlayer`. A missing audio device
+    does not stop the generation: the error is raised by `finish`, after the take is saved."""
+
+    def __init__(self, sample_rate: Callable[[], int]) -> None:
+        self._sample_rate = sample_rate
+        self.player: Any = None
+        self.error: Exception | None = None
+
+    def on_audio(self, chunk: Any, start: int) -> None:
+        if self.error is not None:
+            return
+        from samplemind_gen.errors import NoAudioDeviceError
+        from samplemind_gen.playback import StreamPlayer
+
+        try:
+            if self.player is None:
+                self.player = StreamPlayer(self._sample_rate(), chunk.shape[1])
+            self.player.feed(chunk[0])
+        except NoAudioDeviceError as exc:
+            self.error = exc
+
+    def finish(self) -> bool:
+        """Wait for the streamed take to play out; True if a take was streamed."""
+        if self.error is not None:
+            raise self.error
+        if self.player is None:
+            return False
+        self.player.finish()
+        self.player.wait()
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     from samplemind_gen import paths
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
@@ -120,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     library = open_library()
     reuse = library if args.seed is not None and not getattr(args, "no_reuse", False) else None
+    # --play streams the first take while it is generated (MusicGen), the rest play after.
+    live = LivePlayback(lambda: service.load(model).sample_rate) if args.play else None
     try:
         takes = generate_or_reuse(
             service,
@@ -129,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             processing=processing,
             on_progress=progress,
             long_form=long_form,
+            on_audio=live.on_audio if live is not None and long_form is None else None,
         )
     finally:
         progress.done()
@@ -143,11 +181,13 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in take.notes:
             print(f"{'note' if was_reused(take) else 'warning'}: {note}", file=sys.stderr)
-    if args.play:
+    if live is not None:
         from samplemind_gen.playback import play_blocking
 
-        for take in takes:
-            play_blocking(take.audio, take.sample_rate)
+        streamed = live.finish()
+        for i, take in enumerate(takes):
+            if not (i == 0 and streamed):
+                play_blocking(take.audio, take.sample_rate)
     if args.json:
         summaries = [t.summary() for t in takes]
         print(json.dumps(summaries[0] if len(summaries) == 1 else {"takes": summaries}))

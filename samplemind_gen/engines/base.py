@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
 from samplemind_gen.catalog import ModelSpec
 from samplemind_gen.errors import GenerationCancelled
@@ -55,11 +55,12 @@ class Engine(Protocol):
         ...
 
 
-@runtime_checkable
 class StreamingEngine(Engine, Protocol):
     """An engine that can hand out audio while it generates (MusicGen). Kept apart from `Engine`
-    so engines that cannot stream (diffusion) need not accept `on_audio`; test with
-    `isinstance(engine, StreamingEngine)`."""
+    so engines that cannot stream (diffusion) need not accept `on_audio`; such an engine sets
+    `streams_audio = True` (see `as_streaming`)."""
+
+    streams_audio: bool
 
     def generate(
         self,
@@ -69,6 +70,11 @@ class StreamingEngine(Engine, Protocol):
         cancel: threading.Event | None = None,
         on_audio: AudioCallback | None = None,
     ) -> list[GeneratedAudio]: ...
+
+
+def as_streaming(engine: Engine) -> StreamingEngine | None:
+    """`engine` as a `StreamingEngine` when it declares `streams_audio`, else None."""
+    return cast(StreamingEngine, engine) if getattr(engine, "streams_audio", False) else None
 
 
 def check_cancel(cancel: threading.Event | None) -> None:

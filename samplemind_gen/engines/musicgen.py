@@ -46,6 +46,8 @@ CPU_DEFAULT_DTYPE = "bfloat16"
 class MusicGenEngine:
     """A loaded MusicGen checkpoint (mono, stereo or melody)."""
 
+    streams_audio = True  # generate(..., on_audio=) hands out audio while generating
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -274,7 +276,7 @@ class MusicGenEngine:
             model.text_encoder.config.hidden_size != model.decoder.config.hidden_size
             and model.decoder.config.cross_attention_hidden_size is None
         ):
-            states = model.enc_to_dec_proj(states)
+            states = model.enc_to_dec_proj(states.to(model.enc_to_dec_proj.weight.dtype))
         states = states * mask[..., None]
         return states.to(self.cached_decoder.dtype), mask
 
