@@ -47,10 +47,18 @@ def generate_long_blocking(
 
     resolved = service.resolve(model)
     check_model(resolved)
+    if long.melody is not None and not resolved.spec.melody:
+        raise BadInputError(
+            f"--melody needs a musicgen-melody checkpoint; {resolved.display_name} is not one "
+            "(try --model musicgen-melody)"
+        )
     engine = service.load(resolved, on_progress=on_progress)
-    outputs = generate_windowed(
-        engine, list(requests), long, on_progress=on_progress, cancel=cancel
-    )
+    if resolved.spec.melody:
+        outputs = _generate_melody(engine, requests, long, on_progress, cancel)
+    else:
+        outputs = generate_windowed(
+            engine, list(requests), long, on_progress=on_progress, cancel=cancel
+        )
     extra = long_form_params(long)
     takes = []
     for out in outputs:
@@ -65,3 +73,28 @@ def generate_long_blocking(
             take.features = analyze_audio(take.audio, take.sample_rate)
             take.timings["analysis"] = time.perf_counter() - t0
     return takes
+
+
+def _generate_melody(
+    engine: Any,
+    requests: Sequence[GenerationRequest],
+    long: LongForm,
+    on_progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> list[Any]:
+    from pathlib import Path
+
+    from samplemind_gen.engines.musicgen_melody import melody_from_file
+
+    if long.continue_from is not None or long.blend_prompt is not None:
+        raise BadInputError("--continue and --blend work with text-only MusicGen models")
+    for r in requests:
+        if r.duration > engine.max_duration + 1e-9:
+            raise BadInputError(
+                f"musicgen-melody makes up to {engine.max_duration:g} s a take; use a shorter "
+                "--duration"
+            )
+    chroma = melody_from_file(Path(long.melody)) if long.melody is not None else None
+    return list(
+        engine.generate(list(requests), on_progress=on_progress, cancel=cancel, melody=chroma)
+    )

@@ -33,6 +33,12 @@ def add_longform_options(p: argparse.ArgumentParser) -> None:
         metavar="SEC",
         help="how much of the file's end the model listens to (10)",
     )
+    g.add_argument(
+        "--melody",
+        default=None,
+        metavar="FILE",
+        help="condition a musicgen-melody model on the melody of an audio file",
+    )
     g.add_argument("--blend", default=None, metavar="PROMPT", help="a second prompt to blend in")
     g.add_argument(
         "--blend-weight",
@@ -54,6 +60,7 @@ def longform_from_args(args: argparse.Namespace, model: Any) -> Any:
         duration > min(args.window, model.spec.max_duration) + 1e-9
         or args.continue_from is not None
         or args.blend is not None
+        or args.melody is not None
     )
     if not wanted:
         return None
@@ -67,6 +74,7 @@ def longform_from_args(args: argparse.Namespace, model: Any) -> Any:
         continue_seconds=args.continue_seconds,
         blend_prompt=args.blend,
         blend_weight=args.blend_weight,
+        melody=str(Path(args.melody).expanduser().resolve()) if args.melody else None,
     )
     long.validate(model.spec.max_duration)
     return long

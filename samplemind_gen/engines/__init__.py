@@ -27,6 +27,12 @@ def load_engine(
         locate = locate_model
     path, revision = locate(model)
     family = model.spec.family
+    if family == "musicgen" and model.spec.melody:
+        from samplemind_gen.engines.musicgen_melody import MusicGenMelodyEngine
+
+        return MusicGenMelodyEngine.load(
+            model.spec, path, revision, options, on_progress=on_progress
+        )
     if family == "musicgen":
         from samplemind_gen.engines.musicgen import MusicGenEngine
 

@@ -50,10 +50,11 @@ class LongForm:
     continue_seconds: float = 10.0  # how much of the file's end prompts the model
     blend_prompt: str | None = None
     blend_weight: float = 0.5  # 0 = only the main prompt, 1 = only the blend prompt
+    melody: str | None = None  # an audio file whose melody conditions a musicgen-melody model
 
     @property
     def is_plain(self) -> bool:
-        return self.continue_from is None and self.blend_prompt is None
+        return self.continue_from is None and self.blend_prompt is None and self.melody is None
 
     def params(self) -> dict[str, Any]:
         """What a recipe records: enough to make the take again (the source file by hash)."""
@@ -64,6 +65,10 @@ class LongForm:
             data["continue_sha256"] = _file_sha256(Path(self.continue_from))
         if self.blend_prompt is None:
             data.pop("blend_weight")
+        if self.melody is None:
+            data.pop("melody")
+        else:
+            data["melody_sha256"] = _file_sha256(Path(self.melody))
         return data
 
     def validate(self, max_window: float) -> None:
@@ -80,6 +85,8 @@ class LongForm:
             raise BadInputError(f"--blend-weight must be from 0 to 1 (got {self.blend_weight:g})")
         if self.blend_prompt is not None and not self.blend_prompt.strip():
             raise BadInputError("--blend needs a second prompt to blend with")
+        if self.melody is not None and not Path(self.melody).is_file():
+            raise BadInputError(f"{self.melody} does not exist; give an audio file with a melody")
         if self.continue_from is not None:
             if not Path(self.continue_from).is_file():
                 raise BadInputError(f"{self.continue_from} does not exist; give an audio file")
