@@ -1,0 +1,1 @@
+"""The terminal app: a thin Textual front end over the core (`samplemind_gen.service`)."""

@@ -1,0 +1,1 @@
+"""One screen per module: generation, export, model picker, help, error."""

@@ -1,0 +1,377 @@
+"""The main screen: write a prompt, generate, listen, roll again, compare takes, export.
+
+Model loading and generation run in thread workers (separate groups, so loading another model
+never cancels a generation); they only post the typed messages of `tui.messages`.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import TYPE_CHECKING, cast
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import var
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Header, Input
+from textual.worker import Worker, WorkerState
+
+from samplemind_gen.catalog import ResolvedModel
+from samplemind_gen.errors import NoAudioDeviceError, SampleMindError
+from samplemind_gen.request import GenerationRequest, Progress, validate_request
+from samplemind_gen.service import AudioEngineWithGeneration
+from samplemind_gen.take import Take
+from samplemind_gen.tui.messages import (
+    GenerationProgress,
+    ModelLoaded,
+    ModelLoading,
+    ModelNotDownloaded,
+    TakeReady,
+    Throttle,
+)
+from samplemind_gen.tui.widgets.analysis_panel import AnalysisPanel
+from samplemind_gen.tui.widgets.params_panel import ParamsPanel
+from samplemind_gen.tui.widgets.prompt_input import PromptInput
+from samplemind_gen.tui.widgets.status_line import StatusLine
+from samplemind_gen.tui.widgets.take_list import TakeList
+from samplemind_gen.tui.widgets.waveform import Peaks, Waveform, compute_peaks
+
+if TYPE_CHECKING:
+    from samplemind_gen.tui.app import SampleMindApp
+
+VARIATIONS = 4
+PLAYHEAD_FPS = 20
+# Actions that start a generation: shown dimmed while one runs.
+GENERATING_ACTIONS = {"generate", "roll", "variations"}
+NEEDS_TAKE_ACTIONS = {"export", "toggle_play"}
+
+
+def warm_up_analysis(sample_rate: int) -> None:
+    """Analyse a few seconds of clicks and a tone once. The analyser's first call imports
+    librosa, which compiles its numba kernels (beat tracking among them): many seconds of CPU,
+    partly holding the GIL, so the UI stalled for 1-2 s when it happened on the first take.
+    Paying it while the producer writes the first prompt keeps generation smooth."""
+    import numpy as np
+
+    from samplemind_gen.service import analyze_audio
+
+    t = np.arange(4 * sample_rate) / sample_rate
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.cos(2 * np.pi * 2 * t))  # 120 BPM pulse
+    analyze_audio(audio[None, :].astype(np.float32), sample_rate)
+
+
+class GenerateScreen(Screen[None]):
+    """Prompt, parameters, take list, waveform and analysis of the selected take."""
+
+    BINDING_GROUP_TITLE = "Generation"
+    BINDINGS = [
+        Binding("ctrl+g", "generate", "Generate", id="generate", priority=True),
+        Binding("ctrl+r", "roll", "Roll again", id="roll", priority=True),
+        Binding("ctrl+n", "variations", f"{VARIATIONS} variations", id="variations", priority=True),
+        Binding("escape", "cancel", "Cancel", id="cancel"),
+        Binding("ctrl+e", "export", "Export", id="export", priority=True),
+        Binding("f2", "pick_model", "Model", id="model"),
+    ]
+
+    generating: var[bool] = var(False, bindings=True)
+    has_take: var[bool] = var(False, bindings=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel = threading.Event()
+        self._peaks: dict[str, Peaks] = {}
+        self._submitted_prompt: str | None = None
+        self._playhead_timer: Timer | None = None
+
+    @property
+    def session(self) -> SampleMindApp:
+        return cast("SampleMindApp", self.app)
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        settings = self.session.settings
+        yield Header()
+        yield PromptInput(
+            settings.prompt_history,
+            id="prompt",
+            placeholder="describe the sound, e.g. 'dusty lofi hip hop drums, 85 bpm' and press Enter",
+        )
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield TakeList(id="takes")
+                yield Waveform(id="waveform")
+            with Vertical(id="right"):
+                yield ParamsPanel(id="params")
+                yield AnalysisPanel(id="analysis")
+        yield StatusLine(id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#takes").border_title = "takes"
+        self.query_one("#waveform").border_title = "waveform"
+        self.query_one("#params").border_title = "parameters"
+        self.query_one("#analysis").border_title = "analysis"
+        self.query_one(ParamsPanel).load(self.session.settings)
+        self.query_one(AnalysisPanel).show(None)
+        self.query_one(PromptInput).focus()
+        self.use_model(self.session.model)
+
+    # ------------------------------------------------------------------ models
+    def use_model(self, model: str) -> None:
+        """Show `model` as the current one and load it in the background."""
+        self.session.model = model
+        self.sub_title = model
+        try:
+            resolved = self.session.service.resolve(model)
+        except SampleMindError as exc:
+            self.query_one(StatusLine).show_model(f"model {model} · not usable (F2 to pick one)")
+            self.session.show_failure(exc, "model")
+            return
+        self.query_one(ParamsPanel).set_diffusion(resolved.spec.is_diffusion)
+        self.load_model(self.session.service, resolved)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def load_model(self, service: AudioEngineWithGeneration, model: ResolvedModel) -> None:
+        from samplemind_gen.store import cached_snapshot
+
+        name = model.display_name
+        if (
+            model.local_path is None
+            and cached_snapshot(model.spec.repo_id, model.spec.revision) is None
+        ):
+            self.post_message(ModelNotDownloaded(name))
+            return
+        self.post_message(ModelLoading(name))
+        started = time.perf_counter()
+        engine = service.load(model)
+        self.post_message(
+            ModelLoaded(name, engine.device, engine.dtype, time.perf_counter() - started)
+        )
+        if service.analyze_takes:
+            warm_up_analysis(engine.sample_rate)
+        # torch, transformers and librosa leave ~400k long-lived objects; a full collection over
+        # them holds the GIL for 0.3-1 s and froze the UI mid-generation. Frozen objects are
+        # skipped by the collector (they are still freed by reference counting).
+        gc.freeze()
+
+    def _is_current(self, model: str) -> bool:
+        try:
+            return self.session.service.resolve(self.session.model).display_name == model
+        except SampleMindError:
+            return False
+
+    def on_model_loading(self, message: ModelLoading) -> None:
+        if self._is_current(message.model):
+            self.query_one(StatusLine).show_model(f"model {message.model} · loading…")
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        if self._is_current(message.model):
+            self.query_one(StatusLine).show_model(
+                f"model {message.model} · ready on {message.device} {message.dtype} "
+                f"({message.seconds:.1f} s)"
+            )
+
+    def on_model_not_downloaded(self, message: ModelNotDownloaded) -> None:
+        if self._is_current(message.model):
+            self.query_one(StatusLine).show_model(
+                f"model {message.model} · not downloaded (F2 to download or pick another)"
+            )
+
+    def action_pick_model(self) -> None:
+        from samplemind_gen.tui.screens.model_picker import ModelPickerScreen
+
+        def chosen(model: str | None) -> None:
+            if model and model != self.session.model:
+                if not self.generating:
+                    self.session.service.unload()  # one model in memory at a time
+                self.session.settings.model = model
+                self.session.save_settings()
+                self.use_model(model)
+
+        self.app.push_screen(ModelPickerScreen(self.session.model), chosen)
+
+    # -------------------------------------------------------------- generation
+    def action_generate(self) -> None:
+        self._start(new_seed=False, count=1)
+
+    def action_roll(self) -> None:
+        self._start(new_seed=True, count=1)
+
+    def action_variations(self) -> None:
+        self._start(new_seed=True, count=VARIATIONS)
+
+    @on(Input.Submitted, "#prompt")
+    def _prompt_submitted(self) -> None:
+        self.action_generate()
+
+    def _start(self, *, new_seed: bool, count: int) -> None:
+        if self.generating:
+            return
+        session = self.session
+        prompt = self.query_one(PromptInput).value
+        params = self.query_one(ParamsPanel)
+        try:
+            request = params.request(prompt, new_seed=new_seed)
+            model = session.service.resolve(session.model)
+            validate_request(request, max_duration=model.spec.max_duration)
+        except SampleMindError as exc:
+            session.show_failure(exc, "cannot generate")
+            return
+        requests = [request] if count == 1 else session.service.variations(request, count)
+        self.query_one(PromptInput).remember(prompt)
+        session.settings.remember_prompt(prompt)
+        session.settings.model = session.model
+        params.store(request, session.settings)
+        session.save_settings()
+        self._submitted_prompt = prompt
+        self._cancel = threading.Event()
+        self.generating = True
+        waiting = (
+            "starting" if session.service.is_loaded(model) else "waiting for the model to load"
+        )
+        self.query_one(StatusLine).show_job(f"{waiting}…")
+        self.generate(session.service, requests, model, self._cancel)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def generate(
+        self,
+        service: AudioEngineWithGeneration,
+        requests: list[GenerationRequest],
+        model: ResolvedModel,
+        cancel: threading.Event,
+    ) -> list[Take]:
+        import torch
+
+        # Grad mode is per thread and the model may have been loaded in another one.
+        torch.set_grad_enabled(False)
+
+        def post(progress: Progress) -> None:
+            self.post_message(GenerationProgress(progress))
+
+        report = Throttle(post)
+        takes = service.generate_blocking(requests, model=model, on_progress=report, cancel=cancel)
+        peaks = {take.id: compute_peaks(take.audio, take.sample_rate) for take in takes}
+        self.post_message(TakeReady(takes, peaks))
+        return takes
+
+    def on_generation_progress(self, message: GenerationProgress) -> None:
+        if self.generating and not self._cancel.is_set():
+            self.query_one(StatusLine).show_progress(message.progress)
+
+    def on_take_ready(self, message: TakeReady) -> None:
+        self._peaks.update(message.peaks)
+        takes = self.query_one(TakeList)
+        takes.add_takes(message.takes)
+        self.has_take = True
+        first = message.takes[0]
+        self.query_one(ParamsPanel).show_seed(first.seed)
+        self._show(first)
+        prompt = self.query_one(PromptInput)
+        # Move on to listening, unless the producer already started typing the next prompt.
+        if prompt.has_focus and prompt.value == self._submitted_prompt:
+            takes.focus()
+        made = first.timings.get("total")
+        done = f"{len(message.takes)} take{'s' if len(message.takes) > 1 else ''} ready"
+        self.query_one(StatusLine).idle(f"{done} in {made:.1f} s" if made else done)
+
+    def action_cancel(self) -> None:
+        if self.generating:
+            self._cancel.set()
+            self.query_one(StatusLine).show_job("cancelling…")
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state == WorkerState.ERROR:
+            assert worker.error is not None
+            what = "generation failed" if worker.group == "generate" else "model failed to load"
+            self.session.show_failure(worker.error, what)
+            if worker.group == "load":
+                self.query_one(StatusLine).show_model(
+                    f"model {self.session.model} · failed to load"
+                )
+        if worker.group == "generate" and worker.is_finished:
+            self.generating = False
+            if event.state != WorkerState.SUCCESS:
+                self.query_one(StatusLine).idle()
+
+    # ---------------------------------------------------------- takes, playback
+    @on(TakeList.TakeHighlighted)
+    def _take_highlighted(self, event: TakeList.TakeHighlighted) -> None:
+        self._show(event.take)
+        if self.session.player.playing:  # A/B: moving while playing plays the new take
+            self._play(event.take)
+
+    def _show(self, take: Take) -> None:
+        waveform = self.query_one(Waveform)
+        waveform.peaks = self._peaks.get(take.id)
+        waveform.playhead = None
+        waveform.border_title = (
+            f"waveform · {take.channels} ch · {take.duration:.2f} s · seed {take.seed}"
+        )
+        self.query_one(AnalysisPanel).show(take)
+
+    def action_toggle_play(self) -> None:
+        player = self.session.player
+        if player.playing:
+            self._stop_playback()
+            return
+        take = self.query_one(TakeList).selected
+        if take is not None:
+            self._play(take)
+
+    def _play(self, take: Take) -> None:
+        self._stop_playback()
+        try:
+            self.session.player.play(take.audio, take.sample_rate)
+        except NoAudioDeviceError as exc:
+            self.session.show_failure(exc, "playback")
+            return
+        self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
+
+    def _move_playhead(self) -> None:
+        player = self.session.player
+        waveform = self.query_one(Waveform)
+        waveform.playhead = player.position
+        if not player.playing:
+            self._stop_playback()
+
+    def _stop_playback(self) -> None:
+        self.session.player.stop()
+        if self._playhead_timer is not None:
+            self._playhead_timer.stop()
+            self._playhead_timer = None
+        self.query_one(Waveform).playhead = None
+
+    def action_focus_prompt(self) -> None:
+        self.query_one(PromptInput).focus()
+
+    # ------------------------------------------------------------------ export
+    def action_export(self) -> None:
+        from samplemind_gen.tui.screens.export import ExportScreen
+
+        take = self.query_one(TakeList).selected
+        if take is None:
+            return
+
+        def exported(path: object) -> None:
+            if path is not None:
+                self.notify(f"exported to {path}", title="export")
+                self.query_one(AnalysisPanel).show(take)
+
+        self.app.push_screen(ExportScreen(take), exported)
+
+    # ----------------------------------------------------------------- footer
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":
+            return self.generating
+        if action in GENERATING_ACTIONS and self.generating:
+            return None
+        if action in NEEDS_TAKE_ACTIONS:
+            return self.has_take
+        return True
