@@ -337,6 +337,33 @@ class BatchQueue:
                 )
         return batch_id
 
+    def append(self, batch_id: str, model: str, requests: Sequence[GenerationRequest]) -> None:
+        """Add takes to the end of a batch's queue (seeds drawn now)."""
+        rows = self.library.query(
+            "SELECT COALESCE(MAX(position), -1) AS last FROM batch_items WHERE batch_id = ?",
+            (batch_id,),
+        )
+        position = int(rows[0]["last"]) + 1
+        with self.library.transaction() as db:
+            for request in requests:
+                request = request.resolved()
+                db.execute(
+                    "INSERT INTO batch_items (batch_id, position, model, request_json, "
+                    "processing_json, status, updated) VALUES (?, ?, ?, ?, '{}', 'pending', ?)",
+                    (
+                        batch_id,
+                        position,
+                        model,
+                        canonical_json({"request": _request_dict(request), "tags": []}),
+                        _now(),
+                    ),
+                )
+                position += 1
+            db.execute(
+                "UPDATE batches SET status = 'pending' WHERE id = ? AND status = 'done'",
+                (batch_id,),
+            )
+
     def items(self, batch_id: str, statuses: Iterable[str] | None = None) -> list[BatchItem]:
         rows = self.library.query(
             "SELECT * FROM batch_items WHERE batch_id = ? ORDER BY position", (batch_id,)

@@ -311,6 +311,65 @@ class TakeFilter:
     offset: int = 0
 
 
+def parse_query(text: str) -> TakeFilter:
+    """A search-box query: free words plus `key:Am`, `bpm:120` (+-2) or `bpm:118-126`,
+    `lufs:-14` (+-1) or `lufs:-16..-8`, `model:small`, `tag:drums`, `stars:4` (at least),
+    `fav`, `batch:ID`, `trash`. Raises `BadInputError` for a value it cannot read."""
+    words: list[str] = []
+    values: dict[str, Any] = {}
+    tags: list[str] = []
+    for token in text.split():
+        name, sep, value = token.partition(":")
+        name = name.lower()
+        if not sep:
+            if name in ("fav", "favs", "favourite", "favourites", "favorite", "♥"):
+                values["favourite"] = True
+            elif name == "trash":
+                values["deleted"] = True
+            else:
+                words.append(token)
+            continue
+        if name == "key":
+            parse_key(value)
+            values["key"] = value
+        elif name == "bpm":
+            values["bpm_min"], values["bpm_max"] = _query_range(value, 2.0, "bpm")
+        elif name == "lufs":
+            values["lufs_min"], values["lufs_max"] = _query_range(value, 1.0, "lufs")
+        elif name == "model":
+            values["model"] = value
+        elif name == "tag":
+            tags.append(value)
+        elif name in ("stars", "rating"):
+            try:
+                values["rating_min"] = int(value.rstrip("+"))
+            except ValueError as exc:
+                raise BadInputError(
+                    f"stars:{value} - give a number of stars, e.g. stars:4"
+                ) from exc
+        elif name == "batch":
+            values["batch_id"] = value
+        else:
+            words.append(token)
+    return TakeFilter(text=" ".join(words) or None, tags=tuple(tags), **values)
+
+
+def _query_range(value: str, tolerance: float, what: str) -> tuple[float | None, float | None]:
+    try:
+        if ".." in value:
+            low, high = value.split("..", 1)
+            return (float(low) if low else None, float(high) if high else None)
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)", value)
+        if m:
+            return float(m.group(1)), float(m.group(2))
+        centre = float(value)
+        return centre - tolerance, centre + tolerance
+    except ValueError as exc:
+        raise BadInputError(
+            f"{what}:{value} - write a value ({what}:120) or a range ({what}:118..126)"
+        ) from exc
+
+
 def parse_key(text: str) -> tuple[str, str | None]:
     """ "Am" -> ("A", "minor"); "Bb major" -> ("A#", "major"); "F#" -> ("F#", None)."""
     raw = text.strip()

@@ -199,7 +199,7 @@ class MusicGenMelodyEngine:
             if features is not None:
                 kwargs["input_features"] = features
             devices = [self.device] if self.device.startswith("cuda") else []
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(int(r.seed or 0))
                 audio = self.model.generate(**inputs, **kwargs)
             audio = audio.to(torch.float32).cpu().numpy()[0]

@@ -108,6 +108,23 @@ def generate_windowed(
     """Generate `requests` (one batch, shared parameters) of any duration up to 10 minutes."""
     import torch
 
+    with torch.no_grad():  # grad mode is per thread; callers may run us in a fresh one
+        return _generate_windowed(
+            engine, requests, long, on_progress=on_progress, cancel=cancel, greedy=greedy
+        )
+
+
+def _generate_windowed(
+    engine: Any,
+    requests: Sequence[GenerationRequest],
+    long: LongForm,
+    *,
+    on_progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    greedy: bool,
+) -> list[GeneratedAudio]:
+    import torch
+
     if not requests:
         return []
     requests = [r.resolved() for r in requests]

@@ -367,7 +367,11 @@ class LibraryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def remake(self, entry: StoredTake, exact: bool) -> None:
+        import torch
+
         from samplemind_gen.remake import remake_take
+
+        torch.set_grad_enabled(False)  # per thread: pool threads may be fresh
 
         def post(progress: Progress) -> None:
             self.post_message(GenerationProgress(progress))

@@ -238,7 +238,11 @@ class QueueScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_queue(self, batch_id: str) -> None:
+        import torch
+
         from samplemind_gen.batch import run_batch
+
+        torch.set_grad_enabled(False)  # per thread: pool threads may be fresh
 
         assert self._library is not None
         running: list[int] = []
