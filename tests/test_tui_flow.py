@@ -355,7 +355,7 @@ async def test_model_picker_lists_the_catalog_and_recommends_a_fit(make_app):
         row = table.get_row("musicgen-small")
         assert row[1] == "musicgen-small" and row[5] == "-"  # not cached in this test's HF home
         if picker.memory.ram and picker.memory.ram > 3 * 1024**3 and not picker.memory.has_gpu:
-            assert row[0] == "★"
+            assert "★" in row[0]
         assert "recommended here" in str(picker.query_one("#memory").render())
         # Enter on a model that is not cached starts its download; offline that fails loudly.
         await pilot.press("enter")

@@ -209,3 +209,64 @@ async def test_help_and_palette_are_generated_from_the_bindings():
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+
+class ClockPlayer:
+    """Plays nothing, but reports a position that advances with the wall clock, like a sound
+    card does (the ALSA null sink of the playback test swallows a take at once)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.duration = 0.0
+        self.plays: list[int] = []
+
+    def play(self, audio, sample_rate, *, loop=False):  # type: ignore[no-untyped-def]
+        import time
+
+        self.started, self.duration = time.monotonic(), audio.shape[1] / sample_rate
+        self.plays.append(id(audio))
+
+    @property
+    def position(self) -> float:
+        import time
+
+        return 0.0 if self.started is None else min(self.duration, time.monotonic() - self.started)
+
+    @property
+    def playing(self) -> bool:
+        return self.started is not None and self.position < self.duration
+
+    def stop(self) -> None:
+        self.started = None
+
+
+async def test_playhead_follows_playback_and_moving_while_playing_plays_the_next_take():
+    from samplemind_gen.tui.widgets.take_list import TakeList
+
+    app = SampleMindApp(model="musicgen-small", settings=Settings())
+    app.player = ClockPlayer()  # type: ignore[assignment]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        takes = [tone_take(seed=1, duration=0.6), tone_take(seed=2, duration=0.6)]
+        app.screen.post_message(
+            TakeReady(takes, {t.id: compute_peaks(t.audio, 32000) for t in takes})
+        )
+        await pilot.pause()
+        waveform = app.screen.query_one(Waveform)
+        seen: list[float] = []
+        app.screen.watch(
+            waveform, "playhead", lambda v: v is not None and seen.append(v), init=False
+        )
+        app.screen.query_one(TakeList).focus()
+        await pilot.press("space")
+        await pilot.pause(0.25)
+        assert app.player.playing and 0 < waveform.playhead < 0.6
+        await pilot.press("j")  # A/B: the next take starts playing at once
+        assert len(app.player.plays) == 2 and app.player.plays[1] == id(takes[1].audio)
+        await pilot.pause(0.8)
+        assert not app.player.playing and waveform.playhead is None
+        restarts = [i for i in range(1, len(seen)) if seen[i] < seen[i - 1]]
+        assert len(seen) >= 6 and len(restarts) == 1  # rose, restarted with take 2, rose again
+        await pilot.press("space")
+        await pilot.press("space")  # stop
+        assert not app.player.playing and waveform.playhead is None

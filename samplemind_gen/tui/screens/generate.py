@@ -179,7 +179,7 @@ class GenerateScreen(Screen[None]):
     def on_model_not_downloaded(self, message: ModelNotDownloaded) -> None:
         if self._is_current(message.model):
             self.query_one(StatusLine).show_model(
-                f"model {message.model} · not downloaded (F2 to download or pick another)"
+                f"model {message.model} · not downloaded: F2 to get it"
             )
 
     def action_pick_model(self) -> None:

@@ -24,7 +24,8 @@ def help_rows(app: App[object], screen: Screen[object]) -> list[tuple[str, str, 
             where = getattr(cls, "BINDING_GROUP_TITLE", None) or cls.__name__
             rows.append((where, app.get_key_display(binding), binding.description))
     if app.ENABLE_COMMAND_PALETTE:
-        rows.append(("Anywhere", app.COMMAND_PALETTE_BINDING, "Command palette"))
+        palette = Binding(app.COMMAND_PALETTE_BINDING, "command_palette")
+        rows.append(("Anywhere", app.get_key_display(palette), "Command palette"))
     return rows
 
 

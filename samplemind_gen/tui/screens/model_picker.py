@@ -102,7 +102,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         self.rows = {row.spec.name: row for row in rows}
         for row in rows:
             spec = row.spec
-            mark = "●" if spec.name == self.current else ("★" if best and spec == best else "")
+            mark = ("●" if spec.name == self.current else " ") + ("★" if spec == best else " ")
             fit = {True: "yes", False: "no", None: "?"}[row.fits]
             table.add_row(
                 mark,

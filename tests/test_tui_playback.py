@@ -1,0 +1,55 @@
+"""Playback through the real PortAudio path. Each case runs the app in a subprocess with its own
+HOME, because PortAudio reads ~/.asoundrc once when it initialises: an ALSA `null` default gives
+a working output device on a machine with no sound card, a missing card gives none."""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).with_name("tui_playback_driver.py")
+
+NULL_DEVICE = """pcm.!default { type null }
+ctl.!default { type hw card 0 }
+"""
+NO_DEVICE = """pcm.!default { type hw card 99 }
+ctl.!default { type hw card 99 }
+"""
+
+
+def run_driver(tmp_path: Path, asoundrc: str) -> dict:  # type: ignore[type-arg]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".asoundrc").write_text(asoundrc)
+    env = dict(os.environ, HOME=str(home), SAMPLEMIND_GEN_HOME=str(tmp_path / "smg"))
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER)], env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def has_portaudio() -> bool:
+    return ctypes.util.find_library("portaudio") is not None
+
+
+@pytest.mark.skipif(not has_portaudio(), reason="libportaudio2 is not installed")
+def test_space_plays_the_take_and_the_playhead_moves(tmp_path):
+    result = run_driver(tmp_path, NULL_DEVICE)
+    assert result["started"], result
+    assert not any("no audio output device" in t for t in result["toasts"]), result
+    assert result["positions"] and max(result["positions"]) > 0
+    assert result["ended"]  # playback finished and the playhead went away
+
+
+def test_without_an_output_device_play_says_so_and_the_app_carries_on(tmp_path):
+    result = run_driver(tmp_path, NO_DEVICE)
+    assert any("no audio output device" in t for t in result["toasts"]), result
+    assert not result["positions"] and result["ended"]
