@@ -126,3 +126,39 @@ def test_export_sample_pack_with_playlist_and_index(capsys, tmp_path):
     )
     assert code == 2 and "no takes match" in err
     assert b
+
+
+def test_reroll_and_regenerate(capsys, tiny_musicgen, tmp_path):
+    import numpy as np
+
+    base = [
+        "generate",
+        "lofi drums",
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.3",
+        "--seed",
+        "11",
+        "--dtype",
+        "float32",
+        "--format",
+        "wav32f",
+        "--output",
+        str(tmp_path),
+        "--json",
+    ]
+    assert main(base) == 0
+    first = json.loads(capsys.readouterr().out)
+    code, out, err = run(capsys, "library", "regenerate", first["id"][:6], "--json")
+    assert code == 0, err
+    exact = json.loads(out)
+    assert exact["id"] != first["id"] and exact["seed"] == 11
+    a, _ = sf.read(first["path"], dtype="float32")
+    b, _ = sf.read(exact["path"], dtype="float32")
+    np.testing.assert_array_equal(a, b)  # bit for bit
+    code, out, err = run(capsys, "library", "reroll", first["id"], "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["seed"] != 11 and again["prompt"] == "lofi drums"
+    assert Path(again["path"]).parent == Path(first["path"]).parent

@@ -70,6 +70,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     back.add_argument("--json", action="store_true")
     back.set_defaults(handler=run_restore)
 
+    for name, text in (
+        ("reroll", "make a take again with its recipe and a new seed"),
+        ("regenerate", "make a take again exactly: same recipe, same seed, same device/dtype"),
+    ):
+        again = actions.add_parser(name, help=text)
+        again.add_argument("id")
+        again.add_argument(
+            "--output", "-o", type=Path, default=None, help="folder (default: the original's)"
+        )
+        again.add_argument("--json", action="store_true")
+        again.set_defaults(handler=run_remake, exact=name == "regenerate")
+
     trash = actions.add_parser("trash", help="list the trash (--empty deletes it for good)")
     trash.add_argument("--empty", action="store_true")
     trash.add_argument("--json", action="store_true")
@@ -303,3 +315,34 @@ def run_trash(args: argparse.Namespace) -> int:
         if not entries:
             print("the trash is empty")
     return 0
+
+
+def run_remake(args: argparse.Namespace) -> int:
+    import sys
+
+    from samplemind_gen.cli.progress import ProgressLine
+    from samplemind_gen.engines.base import LoadOptions
+    from samplemind_gen.remake import remake_take
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    with _library() as lib:
+        entry = lib.get(args.id, include_deleted=False)
+        dtype, _, quantize = entry.recipe.dtype.partition("+")
+        options = LoadOptions(device=entry.recipe.device, dtype=dtype, quantize=quantize or None)
+        service = AudioEngineWithGeneration(options)
+        progress = ProgressLine()
+        try:
+            take = remake_take(
+                service,
+                lib,
+                entry,
+                new_seed=not args.exact,
+                destination=args.output,
+                on_progress=progress,
+            )
+        finally:
+            progress.done()
+        stored = lib.get(take.id)
+    for note in take.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return _one(args, stored)
