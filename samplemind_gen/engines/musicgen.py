@@ -140,6 +140,9 @@ class MusicGenEngine:
             device=device,
             dtype=dtype,
         )
+        from samplemind_gen.engines.musicgen_quant import release_freed_memory
+
+        release_freed_memory()  # what loading and the fp32 restore left on the heap
         log.info("loaded %s in %.1fs", spec.name, time.perf_counter() - started)
         return engine
 
