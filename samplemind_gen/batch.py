@@ -567,20 +567,34 @@ def _generate_chunk(
     from samplemind_gen.reuse import REUSED_NOTE, find_reusable
 
     model = chunk[0].model
+    resolved = service.resolve(model)
+    long_form: Any = None
+    extra: dict[str, Any] = {}
+    if chunk[0].request.duration > resolved.spec.max_duration + 1e-9:
+        # Beyond the model's window: MusicGen's windowed long-form path (the chunk shares it).
+        from samplemind_gen.longform import LongForm, long_form_params
+
+        window = min(30.0, resolved.spec.max_duration)
+        long_form = LongForm(window=window, overlap=min(10.0, window / 3))
+        extra = long_form_params(long_form)
     found: dict[int, Any] = {}
     for n, item in enumerate(chunk):
-        stored = find_reusable(library, service, model, item.request, item.processing)
+        stored = find_reusable(library, service, model, item.request, item.processing, extra)
         if stored is not None:
             take = stored.load()
             take.notes.append(f"{REUSED_NOTE}: {stored.path}")
             take.timings["reused"] = 0.0
             found[n] = take
     missing = [item.request for n, item in enumerate(chunk) if n not in found]
-    fresh = (
-        service.generate_blocking(missing, model=model, on_progress=progress, cancel=cancel)
-        if missing
-        else []
-    )
+    fresh: list[Any] = []
+    if missing and long_form is not None:
+        from samplemind_gen.longform import generate_long_blocking
+
+        fresh = generate_long_blocking(
+            service, missing, long_form, model=model, on_progress=progress, cancel=cancel
+        )
+    elif missing:
+        fresh = service.generate_blocking(missing, model=model, on_progress=progress, cancel=cancel)
     it = iter(fresh)
     return [found[n] if n in found else next(it) for n in range(len(chunk))]
 

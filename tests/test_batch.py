@@ -271,3 +271,29 @@ def test_example_prompt_files_all_parse():
 
             validate_request(spec.request, max_duration=30.0)
             Processing.from_dict(spec.processing)
+
+
+def test_items_beyond_the_window_go_long_form(tiny_musicgen, tmp_path):
+    from dataclasses import replace
+
+    from samplemind_gen.catalog import ResolvedModel
+
+    class OneSecondWindow(AudioEngineWithGeneration):
+        """The tiny model as if its window were 1 s, so a 1.6 s item needs two windows."""
+
+        def resolve(self, model):  # type: ignore[no-untyped-def]
+            r = super().resolve(model)
+            return ResolvedModel(replace(r.spec, max_duration=1.0), r.local_path)
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "long pad", "duration": 1.6, "seed": 4}\n')
+    with Library() as lib:
+        queue = BatchQueue(lib)
+        specs = read_batch_file(prompts, DEFAULTS)
+        batch_id = queue.create(specs, default_model=str(tiny_musicgen), out_dir=tmp_path / "o")
+        service = OneSecondWindow(LoadOptions(dtype="float32"), analyze=False)
+        info = run_batch(batch_id, library=lib, service=service)
+        assert info.counts == {"done": 1}
+        (take,) = lib.find()
+        assert take.recipe.params["long_form"]["window"] == 1.0
+        assert take.load().audio.shape[1] == int(1.6 * 32000)

@@ -95,7 +95,7 @@ def _create(queue: Any, args: argparse.Namespace) -> str:
         name = spec.model or _model_key(default_model)
         if name not in models:
             models[name] = resolve_model(name)
-        validate_request(spec.request, max_duration=models[name].spec.max_duration)
+        validate_request(spec.request, max_duration=_limit(models[name]))
     batch_id = uuid.uuid4().hex[:10]
     out_dir = args.out_dir or (paths.export_dir() / f"batch-{batch_id}")
     paths.ensure_writable_dir(out_dir)
@@ -120,6 +120,16 @@ def _create(queue: Any, args: argparse.Namespace) -> str:
         },
     )
     return batch_id
+
+
+def _limit(resolved: Any) -> float:
+    """Text-only MusicGen goes beyond its window (long-form); other models stop at theirs."""
+    spec = resolved.spec
+    if spec.family == "musicgen" and not spec.melody:
+        from samplemind_gen.longform import MAX_LONG_DURATION
+
+        return MAX_LONG_DURATION
+    return float(spec.max_duration)
 
 
 def _model_key(resolved: Any) -> str:
