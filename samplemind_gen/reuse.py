@@ -51,7 +51,9 @@ def expected_identity(
         try:
             _path, revision = locate_model(resolved, allow_download=False)
             device = pick_device(service.options.device)
-            dtype = pick_dtype(device, service.options.dtype)
+            dtype = pick_dtype(
+                device, service.options.dtype, cpu_default=_cpu_default_dtype(resolved)
+            )
         except SampleMindError:
             return None
         if service.options.quantize and resolved.spec.family == "musicgen":
@@ -67,6 +69,15 @@ def expected_identity(
         dtype=dtype,
         processing=processing,
     )
+
+
+def _cpu_default_dtype(model: ResolvedModel) -> str:
+    """What "auto" means on a CPU for this model, as its engine decides it."""
+    if model.spec.family == "musicgen" and not model.spec.melody:
+        from samplemind_gen.engines.musicgen import CPU_DEFAULT_DTYPE
+
+        return CPU_DEFAULT_DTYPE
+    return "float32"
 
 
 def find_reusable(

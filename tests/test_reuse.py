@@ -94,3 +94,15 @@ def test_cli_generate_records_takes_and_reuses_a_fixed_seed(capsys, tiny_musicge
     capsys.readouterr()
     with Library() as lib:
         assert lib.count() == 3
+
+
+def test_auto_dtype_is_predicted_as_the_engine_picks_it(tiny_musicgen, tmp_path):
+    request = GenerationRequest("warm pad", duration=0.2, seed=3)
+    with Library() as lib:
+        auto = AudioEngineWithGeneration(LoadOptions(), analyze=False)
+        (fresh,) = generate_or_reuse(auto, [request], library=lib, model=str(tiny_musicgen))
+        finish_take(fresh, tmp_path, library=lib)
+        again = AudioEngineWithGeneration(LoadOptions(), analyze=False)
+        (hit,) = generate_or_reuse(again, [request], library=lib, model=str(tiny_musicgen))
+        assert was_reused(hit) and hit.recipe.dtype == fresh.recipe.dtype
+        assert again.load_count == 0
