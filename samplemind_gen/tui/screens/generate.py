@@ -7,6 +7,7 @@ never cancels a generation); they only post the typed messages of `tui.messages`
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, cast
@@ -44,6 +45,8 @@ from samplemind_gen.tui.widgets.waveform import Peaks, Waveform, compute_peaks
 if TYPE_CHECKING:
     from samplemind_gen.tui.app import SampleMindApp
 
+log = logging.getLogger(__name__)
+
 VARIATIONS = 4
 PLAYHEAD_FPS = 20
 # Actions that start a generation: shown dimmed while one runs.
@@ -72,7 +75,7 @@ class GenerateScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+g", "generate", "Generate", id="generate", priority=True),
         Binding("ctrl+r", "roll", "Roll again", id="roll", priority=True),
-        Binding("ctrl+n", "variations", f"{VARIATIONS} variations", id="variations", priority=True),
+        Binding("ctrl+n", "variations", f"{VARIATIONS} takes", id="variations", priority=True),
         Binding("escape", "cancel", "Cancel", id="cancel"),
         Binding("ctrl+e", "export", "Export", id="export", priority=True),
         Binding("f2", "pick_model", "Model", id="model"),
@@ -129,11 +132,13 @@ class GenerateScreen(Screen[None]):
         try:
             resolved = self.session.service.resolve(model)
         except SampleMindError as exc:
-            self.query_one(StatusLine).show_model(f"model {model} · not usable (F2 to pick one)")
+            self.query_one(StatusLine).show_model("model not usable: F2 to pick one")
             self.session.show_failure(exc, "model")
             return
         self.query_one(ParamsPanel).set_diffusion(resolved.spec.is_diffusion)
-        self.load_model(self.session.service, resolved)
+        # After the first paint: importing torch in the worker competes for the GIL, and the
+        # window should be up before that starts.
+        self.call_after_refresh(self.load_model, self.session.service, resolved)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
     def load_model(self, service: AudioEngineWithGeneration, model: ResolvedModel) -> None:
@@ -167,20 +172,17 @@ class GenerateScreen(Screen[None]):
 
     def on_model_loading(self, message: ModelLoading) -> None:
         if self._is_current(message.model):
-            self.query_one(StatusLine).show_model(f"model {message.model} · loading…")
+            self.query_one(StatusLine).show_model("model loading…")
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         if self._is_current(message.model):
-            self.query_one(StatusLine).show_model(
-                f"model {message.model} · ready on {message.device} {message.dtype} "
-                f"({message.seconds:.1f} s)"
-            )
+            # The header names the model; the status line says only what state it is in.
+            self.query_one(StatusLine).show_model(f"model ready · {message.device} {message.dtype}")
+            log.info("loaded %s in %.1f s", message.model, message.seconds)
 
     def on_model_not_downloaded(self, message: ModelNotDownloaded) -> None:
         if self._is_current(message.model):
-            self.query_one(StatusLine).show_model(
-                f"model {message.model} · not downloaded: F2 to get it"
-            )
+            self.query_one(StatusLine).show_model("model not downloaded: F2 to get it")
 
     def action_pick_model(self) -> None:
         from samplemind_gen.tui.screens.model_picker import ModelPickerScreen
@@ -275,6 +277,8 @@ class GenerateScreen(Screen[None]):
         # Move on to listening, unless the producer already started typing the next prompt.
         if prompt.has_focus and prompt.value == self._submitted_prompt:
             takes.focus()
+        for note in dict.fromkeys(n for take in message.takes for n in take.notes):
+            self.notify(note, title="note", severity="warning", markup=False)
         made = first.timings.get("total")
         done = f"{len(message.takes)} take{'s' if len(message.takes) > 1 else ''} ready"
         self.query_one(StatusLine).idle(f"{done} in {made:.1f} s" if made else done)
@@ -292,9 +296,7 @@ class GenerateScreen(Screen[None]):
             what = "generation failed" if worker.group == "generate" else "model failed to load"
             self.session.show_failure(worker.error, what)
             if worker.group == "load":
-                self.query_one(StatusLine).show_model(
-                    f"model {self.session.model} · failed to load"
-                )
+                self.query_one(StatusLine).show_model("model failed to load: F2 to pick another")
         if worker.group == "generate" and worker.is_finished:
             self.generating = False
             if event.state != WorkerState.SUCCESS:

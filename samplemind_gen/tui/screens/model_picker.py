@@ -76,6 +76,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         with Vertical(id="dialog"):
             yield Label("Models", id="dialog-title")
             yield Label(Text(f"{describe_memory(self.memory)} · ★ {advice}"), id="memory")
+            yield Label(Text(f"● in use: {self.current or '-'}"), id="current")
             yield DataTable(id="catalog", cursor_type="row", zebra_stripes=True)
             yield ProgressBar(id="download-bar", show_eta=False)
             yield Label(id="download-text")

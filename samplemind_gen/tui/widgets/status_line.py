@@ -20,7 +20,9 @@ class StatusLine(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label(id="model-status")
-        yield ProgressBar(total=1, id="job-bar", show_eta=False)  # never indeterminate
+        yield ProgressBar(
+            total=1, id="job-bar", show_eta=False, show_percentage=False
+        )  # never indeterminate
         yield Label(id="job-text")
 
     def on_mount(self) -> None:

@@ -26,7 +26,7 @@ class TakeList(DataTable[str]):
     BINDINGS = [
         Binding("j", "cursor_down", "Next take", show=False, id="take.next"),
         Binding("k", "cursor_up", "Previous take", show=False, id="take.previous"),
-        Binding("space", "screen.toggle_play", "Play/stop", id="take.play"),
+        Binding("space", "screen.toggle_play", "Play", id="take.play"),
         Binding("slash", "screen.focus_prompt", "Back to the prompt", show=False, id="take.prompt"),
     ]
 
