@@ -103,6 +103,8 @@ class ExportScreen(ModalScreen[Path | None]):
 
     @on(Input.Submitted)
     def _accept(self) -> None:
+        if any(w.group == "export" and not w.is_finished for w in self.workers):
+            return  # Enter pressed twice: one file is enough
         folder, template, fmt = self._choice()
         self.write(folder, template, fmt)
 

@@ -90,6 +90,7 @@ class GenerateScreen(Screen[None]):
         self._peaks: dict[str, Peaks] = {}
         self._submitted_prompt: str | None = None
         self._playhead_timer: Timer | None = None
+        self._model: ResolvedModel | None = None
 
     @property
     def session(self) -> SampleMindApp:
@@ -132,9 +133,11 @@ class GenerateScreen(Screen[None]):
         try:
             resolved = self.session.service.resolve(model)
         except SampleMindError as exc:
+            self._model = None
             self.query_one(StatusLine).show_model("model not usable: F2 to pick one")
             self.session.show_failure(exc, "model")
             return
+        self._model = resolved
         self.query_one(ParamsPanel).set_diffusion(resolved.spec.is_diffusion)
         # After the first paint: importing torch in the worker competes for the GIL, and the
         # window should be up before that starts.
@@ -142,13 +145,10 @@ class GenerateScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
     def load_model(self, service: AudioEngineWithGeneration, model: ResolvedModel) -> None:
-        from samplemind_gen.store import cached_snapshot
+        from samplemind_gen.store import model_status
 
         name = model.display_name
-        if (
-            model.local_path is None
-            and cached_snapshot(model.spec.repo_id, model.spec.revision) is None
-        ):
+        if not model_status(model).usable:
             self.post_message(ModelNotDownloaded(name))
             return
         self.post_message(ModelLoading(name))
@@ -165,10 +165,8 @@ class GenerateScreen(Screen[None]):
         gc.freeze()
 
     def _is_current(self, model: str) -> bool:
-        try:
-            return self.session.service.resolve(self.session.model).display_name == model
-        except SampleMindError:
-            return False
+        """False for messages from the load of a model that has since been replaced."""
+        return self._model is not None and self._model.display_name == model
 
     def on_model_loading(self, message: ModelLoading) -> None:
         if self._is_current(message.model):
@@ -219,7 +217,8 @@ class GenerateScreen(Screen[None]):
         params = self.query_one(ParamsPanel)
         try:
             request = params.request(prompt, new_seed=new_seed)
-            model = session.service.resolve(session.model)
+            # Resolving again reports why an unusable model is unusable.
+            model = self._model or session.service.resolve(session.model)
             validate_request(request, max_duration=model.spec.max_duration)
         except SampleMindError as exc:
             session.show_failure(exc, "cannot generate")

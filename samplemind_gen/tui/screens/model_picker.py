@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, ProgressBar
 from textual.worker import Worker, WorkerState
 
-from samplemind_gen.catalog import CATALOG, ModelSpec
+from samplemind_gen.catalog import CATALOG, ModelSpec, ResolvedModel
 from samplemind_gen.memory import FreeMemory, fits, free_memory, recommend
 from samplemind_gen.tui.messages import DownloadProgress, Throttle
 
@@ -32,18 +32,20 @@ GB = 1024**3
 @dataclass(frozen=True)
 class CatalogRow:
     spec: ModelSpec
-    cached: bool
+    state: str  # the store's: cached, imported, partial, damaged, missing
     fits: bool | None
+
+    @property
+    def usable(self) -> bool:
+        return self.state in ("cached", "imported")
 
 
 def scan_catalog(memory: FreeMemory) -> list[CatalogRow]:
-    """Cached and fits for every catalog model (disk only, no network)."""
-    from samplemind_gen.store import cached_snapshot
+    """What the store holds of every catalog model, and whether it fits (disk only)."""
+    from samplemind_gen.store import model_status
 
     return [
-        CatalogRow(
-            spec, cached_snapshot(spec.repo_id, spec.revision) is not None, fits(spec, memory)
-        )
+        CatalogRow(spec, model_status(ResolvedModel(spec)).state, fits(spec, memory))
         for spec in CATALOG.values()
     ]
 
@@ -111,7 +113,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
                 spec.family,
                 spec.kind,
                 spec.size_label,
-                "yes" if row.cached else "-",
+                "-" if row.state == "missing" else row.state,
                 fit,
                 spec.licence + (" (gated)" if spec.gated else ""),
                 key=spec.name,
@@ -130,7 +132,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
             return
         name = str(event.row_key.value)
         row = self.rows[name]
-        if row.cached:
+        if row.usable:
             self.dismiss(name)
             return
         self.downloading = name
