@@ -367,3 +367,36 @@ async def test_model_picker_lists_the_catalog_and_recommends_a_fit(make_app):
         await pilot.press("escape")
         assert not isinstance(app.screen, ModelPickerScreen)
         assert app.model.endswith("musicgen-tiny")  # unchanged
+
+
+async def test_model_picker_downloads_a_model_with_progress_then_uses_it(
+    tiny_musicgen, monkeypatch
+):
+    """musicgen-small served by the test suite's fake Hub (the tiny checkpoint under that name):
+    Enter downloads it with a progress bar, and the app then loads it."""
+    from fake_hub import use_fake_hub
+
+    from samplemind_gen.tui.messages import DownloadProgress
+    from samplemind_gen.tui.screens.model_picker import ModelPickerScreen
+
+    messages = Recorder()
+    with use_fake_hub(monkeypatch, tiny_musicgen, repo_id="facebook/musicgen-small"):
+        app = SampleMindApp(model=str(tiny_musicgen), settings=Settings(duration=0.5))
+        async with app.run_test(size=SIZE, message_hook=messages) as pilot:
+            await settle(pilot)
+            await pilot.press("f2")
+            await settle(pilot)
+            picker = app.screen
+            assert isinstance(picker, ModelPickerScreen)
+            picker.query_one("#catalog").move_cursor(row=0)  # musicgen-small
+            await pilot.press("enter")
+            await settle(pilot)
+            assert not isinstance(app.screen, ModelPickerScreen), toasts(app)
+            progress = [m.progress for m in messages.of(DownloadProgress)]
+            assert progress and progress[-1].done_bytes == progress[-1].total_bytes > 0
+            assert app.model == "musicgen-small" and Settings.load().model == "musicgen-small"
+            assert "model ready" in str(app.screen.query_one("#model-status").render())
+            await type_prompt(pilot, "downloaded model")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert takes_of(app).selected.recipe.model.endswith("musicgen-small")

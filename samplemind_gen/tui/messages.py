@@ -73,7 +73,7 @@ class DownloadProgress(Message):
 
 class Throttle(Generic[P]):
     """Calls `post` with a report at most every `interval` seconds, but never drops the first
-    report of a stage or the last step, so the display always ends on the true state."""
+    report of a stage or a complete one, so the display always ends on the true state."""
 
     def __init__(self, post: Callable[[P], None], interval: float = 0.25) -> None:
         self.post = post
@@ -84,8 +84,7 @@ class Throttle(Generic[P]):
     def __call__(self, report: P) -> None:
         now = time.monotonic()
         stage = getattr(report, "stage", None)
-        step, total = getattr(report, "step", 0), getattr(report, "total", 0)
-        final = bool(total) and step >= total
+        final = getattr(report, "fraction", 0.0) >= 1.0  # Progress and ByteProgress both have it
         if stage == self._stage and not final and now - self._last < self.interval:
             return
         self._stage = stage
