@@ -362,7 +362,7 @@ class GenerateScreen(Screen[None]):
 
         def exported(path: object) -> None:
             if path is not None:
-                self.notify(f"exported to {path}", title="export")
+                self.notify(f"exported to {path}", title="export", markup=False)
                 self.query_one(AnalysisPanel).show(take)
 
         self.app.push_screen(ExportScreen(take), exported)

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
@@ -119,8 +120,26 @@ class Waveform(Widget):
     """
 
     peaks: reactive[Peaks | None] = reactive(None)
-    playhead: reactive[float | None] = reactive(None)
+    # Repainted by `watch_playhead`, and only where the playhead column moved: a full repaint
+    # 20 times a second slowed a generation running at the same time (GIL).
+    playhead: reactive[float | None] = reactive(None, repaint=False)
     hint = "no take yet: type a prompt and press Enter"
+
+    def _playhead_column(self, seconds: float | None) -> int | None:
+        peaks, width = self.peaks, self.size.width
+        if seconds is None or peaks is None or peaks.duration <= 0 or width <= 0:
+            return None
+        return min(width - 1, int(seconds / peaks.duration * width))
+
+    def watch_playhead(self, old: float | None, new: float | None) -> None:
+        before, after = self._playhead_column(old), self._playhead_column(new)
+        if before == after:
+            return
+        if before is None or after is None:
+            self.refresh()  # playback started or stopped: the played colouring comes or goes
+            return
+        lo, hi = sorted((before, after))
+        self.refresh(Region(lo, 0, hi - lo + 1, self.size.height))
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size.width, self.size.height
@@ -140,14 +159,13 @@ class Waveform(Widget):
         lane, row = divmod(y, lane_height)
         if lane >= len(peaks.channels):
             return Strip.blank(width, base)
-        return self._lane_row(_columns(peaks, width)[lane], row, lane_height, peaks.duration, base)
+        return self._lane_row(_columns(peaks, width)[lane], row, lane_height, base)
 
     def _lane_row(
         self,
         amplitudes: tuple[float, ...],
         row: int,
         lane_height: int,
-        duration: float,
         base: Style,
     ) -> Strip:
         # Rows above the centre line grow upwards (lower blocks); rows below grow downwards,
@@ -157,7 +175,7 @@ class Waveform(Widget):
         upper_half = row < above
         distance = above - 1 - row if upper_half else row - above
         rows_in_half = above if upper_half else below
-        styles = self._column_styles(len(amplitudes), duration, base)
+        styles = self._column_styles(len(amplitudes), base)
         segments: list[Segment] = []
         text: list[str] = []
         current: Style | None = None
@@ -179,11 +197,11 @@ class Waveform(Widget):
             segments.append(Segment("".join(text), current))
         return Strip(segments, len(amplitudes))
 
-    def _column_styles(self, width: int, duration: float, base: Style) -> list[Style]:
+    def _column_styles(self, width: int, base: Style) -> list[Style]:
         wave = base + self.get_component_rich_style("waveform--wave")
-        if self.playhead is None:
+        col = self._playhead_column(self.playhead)
+        if col is None:
             return [wave] * width
         played = base + self.get_component_rich_style("waveform--played")
         head = base + self.get_component_rich_style("waveform--playhead")
-        col = min(width - 1, int(self.playhead / duration * width)) if duration else 0
         return [played] * col + [head] + [wave] * (width - col - 1)
