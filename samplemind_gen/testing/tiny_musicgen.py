@@ -10,7 +10,7 @@ WORDS = (
     "lofi hip hop drums bass synth pad ambient techno house kick snare hat piano guitar strings "
     "warm dark bright punchy dusty vinyl jazz chords melody loop groove bpm minor major slow fast "
     "cinematic texture field recording foley rain wind orchestral epic trap boom bap reggae funk"
-).split()
+).split()  # noqa: SIM905 - one readable line of words
 
 
 @dataclass(frozen=True)
