@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - words read better as one string
     "lofi hip hop drums bass synth pad ambient techno house kick snare hat piano guitar strings "
     "warm dark bright punchy dusty vinyl jazz chords melody loop groove bpm minor major slow fast "
     "cinematic texture field recording foley rain wind orchestral epic trap boom bap reggae funk"
-).split()  # noqa: SIM905 - one readable line of words
+).split()
 
 
 @dataclass(frozen=True)
