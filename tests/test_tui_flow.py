@@ -53,6 +53,13 @@ async def type_prompt(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
     await pilot.press(*text)
 
 
+async def submit(pilot, prompt: str) -> None:  # type: ignore[no-untyped-def]
+    """Type `prompt`, press Enter and wait until everything it started has finished."""
+    await type_prompt(pilot, prompt)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 def takes_of(app: SampleMindApp) -> TakeList:
     return app.screen.query_one(TakeList)
 
@@ -77,9 +84,7 @@ async def test_prompt_and_enter_make_a_take_with_waveform_and_analysis(make_app)
     app = make_app()
     async with app.run_test(size=SIZE, message_hook=messages) as pilot:
         await settle(pilot)
-        await type_prompt(pilot, "lofi drums")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "lofi drums")
         takes = takes_of(app)
         assert takes.row_count == 1
         take = takes.selected
@@ -105,9 +110,7 @@ async def test_roll_again_gives_a_new_seed_and_a_locked_seed_repeats(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await type_prompt(pilot, "warm pad")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "warm pad")
         first = takes_of(app).selected
         await pilot.press("ctrl+r")
         await settle(pilot)
@@ -174,9 +177,7 @@ async def test_ctrl_e_enter_exports_a_file_whose_recipe_reads_back(make_app, iso
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await type_prompt(pilot, "vinyl crackle")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "vinyl crackle")
         take = takes_of(app).selected
         await pilot.press("ctrl+e")
         await pilot.pause()
@@ -203,9 +204,7 @@ async def test_export_dialog_choices_are_used_and_remembered(make_app, tmp_path)
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await type_prompt(pilot, "snare roll")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "snare roll")
         await pilot.press("ctrl+e")
         await pilot.pause()
         dialog = app.screen
@@ -234,9 +233,7 @@ async def test_errors_are_shown_and_the_app_keeps_going(make_app, tmp_path):
         assert takes_of(app).row_count == 0 and not app.workers
 
         app.screen.query_one("#duration", Input).value = "99"
-        await type_prompt(pilot, "too long")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "too long")
         assert any("beyond this model's limit" in t for t in toasts(app))
 
         app.screen.query_one("#duration", Input).value = "0.5"
@@ -266,9 +263,7 @@ async def test_a_model_that_is_not_downloaded_is_an_error_dialog_not_a_crash(iso
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert "not downloaded" in str(app.screen.query_one("#model-status").render())
-        await type_prompt(pilot, "lofi drums")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "lofi drums")
         assert isinstance(app.screen, ErrorScreen)
         assert "not downloaded" in app.screen.message
         await pilot.press("enter")
@@ -277,9 +272,12 @@ async def test_a_model_that_is_not_downloaded_is_an_error_dialog_not_a_crash(iso
 
 
 async def test_the_event_loop_stays_responsive_during_a_real_generation(make_app):
-    app = make_app(duration=3.0)
+    """Lag of a 20 ms timer from Enter until the take arrives (drawing the new take afterwards
+    is ordinary UI work, not a stall caused by the generation)."""
+    app = make_app(duration=5.0)
     lags: list[float] = []
-    async with app.run_test(size=SIZE) as pilot:
+    messages = Recorder()
+    async with app.run_test(size=SIZE, message_hook=messages) as pilot:
         await settle(pilot)
         interval = 0.02
         last = time.perf_counter()
@@ -287,7 +285,8 @@ async def test_the_event_loop_stays_responsive_during_a_real_generation(make_app
         def tick() -> None:
             nonlocal last
             now = time.perf_counter()
-            lags.append(now - last - interval)
+            if not messages.of(TakeReady):
+                lags.append(now - last - interval)
             last = now
 
         await type_prompt(pilot, "breakbeat")
@@ -302,6 +301,7 @@ async def test_the_event_loop_stays_responsive_during_a_real_generation(make_app
     assert len(lags) > 10
     worst = max(lags) * 1000
     load = os.getloadavg()[0]
+    print(f"worst event-loop lag {worst:.0f} ms over {len(lags)} ticks (load {load:.1f})")
     if worst >= 100 and load > (os.cpu_count() or 1):
         pytest.skip(f"machine overloaded (load {load:.1f}); worst event-loop lag {worst:.0f} ms")
     assert worst < 100, f"event loop stalled for {worst:.0f} ms during generation"
@@ -312,13 +312,9 @@ async def test_settings_persist_between_sessions(make_app, tiny_musicgen):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         app.screen.query_one("#temperature", Input).value = "0.8"
-        await type_prompt(pilot, "first idea")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "first idea")
         await pilot.press("slash")
-        await type_prompt(pilot, "second idea")
-        await pilot.press("enter")
-        await settle(pilot)
+        await submit(pilot, "second idea")
     saved = Settings.load()
     assert saved.model == str(tiny_musicgen) and saved.temperature == 0.8
     assert saved.prompt_history[-2:] == ["first idea", "second idea"]
@@ -396,7 +392,5 @@ async def test_model_picker_downloads_a_model_with_progress_then_uses_it(
             assert progress and progress[-1].done_bytes == progress[-1].total_bytes > 0
             assert app.model == "musicgen-small" and Settings.load().model == "musicgen-small"
             assert "model ready" in str(app.screen.query_one("#model-status").render())
-            await type_prompt(pilot, "downloaded model")
-            await pilot.press("enter")
-            await settle(pilot)
+            await submit(pilot, "downloaded model")
             assert takes_of(app).selected.recipe.model.endswith("musicgen-small")

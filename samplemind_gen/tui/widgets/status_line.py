@@ -37,12 +37,17 @@ class StatusLine(Horizontal):
         bar.display = measurable
         if measurable:
             bar.update(total=progress.total, progress=progress.step)
-        self.query_one("#job-text", Label).update(Text(describe_progress(progress)))
+        self._job_text(describe_progress(progress))
 
     def show_job(self, text: str) -> None:
         """A job with no measurable progress (waiting for the model, cancelling)."""
         self.query_one("#job-bar", ProgressBar).display = False
-        self.query_one("#job-text", Label).update(Text(text))
+        self._job_text(text)
 
     def idle(self, text: str = "") -> None:
         self.show_job(text)
+
+    def _job_text(self, text: str) -> None:
+        # The label's width is fixed (1fr), so skip the layout pass Static.update does by
+        # default: a full-screen reflow four times a second was measurable UI-thread work.
+        self.query_one("#job-text", Label).update(Text(text), layout=False)
