@@ -25,6 +25,7 @@ from samplemind_gen.settings import Settings
 from samplemind_gen.testing.takes import tone_take
 from samplemind_gen.tui.app import SampleMindApp, failure_message, is_toast
 from samplemind_gen.tui.messages import TakeReady, Throttle
+from samplemind_gen.tui.widgets.key_bar import KeyBar
 from samplemind_gen.tui.widgets.waveform import Peaks, Waveform, compute_peaks, ruler_text
 
 GB = 1024**3
@@ -201,11 +202,17 @@ async def test_help_and_palette_are_generated_from_the_bindings():
         names = {name for name, _key, _action in screen_commands(screen)}
         assert {"Generate", "Roll again", "4 takes", "Model"} <= names
         assert "Export" not in names and "Cancel" not in names  # nothing to export or cancel yet
+        bar = screen.query_one(KeyBar)
+        assert "Generate" in str(bar.render()) and "Export" not in str(bar.render())
         take = tone_take()
         screen.post_message(TakeReady([take], {take.id: compute_peaks(take.audio, 32000)}))
         await pilot.pause()
         names = {name for name, _key, _action in screen_commands(screen)}
         assert {"Export", "Play"} <= names
+        assert "^e Export" in str(bar.render()) and "Cancel" not in str(bar.render())
+        screen.generating = True
+        assert "esc Cancel" in str(bar.render())
+        screen.generating = False
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")

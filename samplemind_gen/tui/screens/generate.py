@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import var
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Header, Input
 from textual.worker import Worker, WorkerState
 
 from samplemind_gen.catalog import ResolvedModel
@@ -36,6 +36,7 @@ from samplemind_gen.tui.messages import (
     Throttle,
 )
 from samplemind_gen.tui.widgets.analysis_panel import AnalysisPanel
+from samplemind_gen.tui.widgets.key_bar import KeyBar
 from samplemind_gen.tui.widgets.params_panel import ParamsPanel
 from samplemind_gen.tui.widgets.prompt_input import PromptInput
 from samplemind_gen.tui.widgets.status_line import StatusLine
@@ -113,7 +114,7 @@ class GenerateScreen(Screen[None]):
                 yield ParamsPanel(id="params")
                 yield AnalysisPanel(id="analysis")
         yield StatusLine(id="status")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#takes").border_title = "takes"
