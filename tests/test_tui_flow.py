@@ -146,7 +146,21 @@ async def test_ctrl_n_makes_four_variations_in_one_batch(make_app):
         assert takes_of(app).selected is ready[0].takes[1]
 
 
-async def test_escape_cancels_within_a_step_and_says_so(make_app):
+async def test_escape_cancels_within_a_step_and_says_so(make_app, service, monkeypatch):
+    # The real engine runs; each step is paced to >= 5 ms so a quiet machine can't finish the
+    # 20 s take before Escape is handled (the cached tiny decoder does a step in ~1 ms).
+    real_generate = service.generate_blocking
+
+    def paced(*args, on_progress=None, **kwargs):  # type: ignore[no-untyped-def]
+        def slow(progress):  # type: ignore[no-untyped-def]
+            if progress.stage == "generating":
+                time.sleep(0.005)
+            if on_progress is not None:
+                on_progress(progress)
+
+        return real_generate(*args, on_progress=slow, **kwargs)
+
+    monkeypatch.setattr(service, "generate_blocking", paced)
     messages = Recorder()
     app = make_app(duration=20.0)
     async with app.run_test(size=SIZE, message_hook=messages) as pilot:
