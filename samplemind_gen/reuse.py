@@ -57,7 +57,8 @@ def expected_identity(
         except SampleMindError:
             return None
         if service.options.quantize and resolved.spec.family == "musicgen":
-            dtype = f"{dtype}+{service.options.quantize}"
+            base = "float16" if device == "cpu" else dtype  # as MusicGenEngine.load packs it
+            dtype = f"{base}+{service.options.quantize}"
     return take_identity(
         prompt=request.prompt,
         model=resolved.spec.repo_id,
@@ -74,9 +75,9 @@ def expected_identity(
 def _cpu_default_dtype(model: ResolvedModel) -> str:
     """What "auto" means on a CPU for this model, as its engine decides it."""
     if model.spec.family == "musicgen" and not model.spec.melody:
-        from samplemind_gen.engines.musicgen import CPU_DEFAULT_DTYPE
+        from samplemind_gen.engines.musicgen import cpu_default_dtype
 
-        return CPU_DEFAULT_DTYPE
+        return cpu_default_dtype()
     return "float32"
 
 

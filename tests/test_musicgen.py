@@ -38,7 +38,10 @@ def test_greedy_matches_transformers_generate_batched_with_padding(musicgen_engi
     ref = reference_audio(musicgen_engine, PROMPTS, 0.4, guidance)
     for i, take in enumerate(ours):
         n = take.audio.shape[1]
-        np.testing.assert_array_equal(take.audio, ref[i][:, :n])
+        # Same codes; the audio differs only by float summation order, because EnCodec runs in
+        # windows here (encodec_windows) and in one go in transformers. One different code
+        # would differ by ~0.1.
+        np.testing.assert_allclose(take.audio, ref[i][:, :n], rtol=0, atol=1e-6)
 
 
 def test_stereo_greedy_matches_and_has_two_channels(tiny_musicgen_stereo: Path):
@@ -50,7 +53,7 @@ def test_stereo_greedy_matches_and_has_two_channels(tiny_musicgen_stereo: Path):
     ref = reference_audio(engine, PROMPTS, 0.3, 3.0)
     for i, take in enumerate(ours):
         assert take.audio.shape[0] == 2
-        np.testing.assert_array_equal(take.audio, ref[i][:, : take.audio.shape[1]])
+        np.testing.assert_allclose(take.audio, ref[i][:, : take.audio.shape[1]], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("duration", [0.25, 0.33, 1.0])

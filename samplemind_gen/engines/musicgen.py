@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.catalog import ModelSpec
-from samplemind_gen.devices import pick_device, pick_dtype, torch_dtype
+from samplemind_gen.devices import cpu_supports_bf16, pick_device, pick_dtype, torch_dtype
 from samplemind_gen.engines.base import LoadOptions, ProgressCallback, check_cancel, fit_length
+from samplemind_gen.engines.encodec_windows import WindowedDecoder
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder, CudaGraphStep
 from samplemind_gen.engines.musicgen_sampling import apply_guidance, choose_tokens
 from samplemind_gen.engines.musicgen_stream import (
@@ -39,8 +40,12 @@ from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, 
 
 log = logging.getLogger(__name__)
 
-# Measured (docs/performance.md): bf16 decodes ~3x faster than fp32 on a 2-core AVX2 CPU.
-CPU_DEFAULT_DTYPE = "bfloat16"
+
+def cpu_default_dtype() -> str:
+    """What `--dtype auto` means for MusicGen on this CPU: bf16 where the CPU has native bf16
+    matmul (AVX512-BF16 / AMX); elsewhere fp16 weights packed for fbgemm with fp32 math, which
+    measured 2x faster than bf16 on an AVX2 CPU (docs/performance.md)."""
+    return "bfloat16" if cpu_supports_bf16() else "float16"
 
 
 class MusicGenEngine:
@@ -84,6 +89,7 @@ class MusicGenEngine:
         self.decode_with = "cached"
         self.use_cuda_graphs = device.startswith("cuda")
         self.cached_decoder = CachedDecoder(model.decoder)
+        self.windowed = WindowedDecoder(model.audio_encoder)
         self.last_stream: ChunkedAudioDecoder | None = None
 
     # ---------------------------------------------------------------- loading
@@ -103,13 +109,31 @@ class MusicGenEngine:
 
         started = time.perf_counter()
         device = pick_device(options.device)
-        dtype = pick_dtype(device, options.dtype, cpu_default=CPU_DEFAULT_DTYPE)
+        dtype = pick_dtype(device, options.dtype, cpu_default=cpu_default_dtype())
         if on_progress:
             on_progress(Progress(stage="loading", message=f"loading {spec.name} on {device}"))
         _check_files(path)
+        on_cpu = not device.startswith(("cuda", "mps"))
+        if on_cpu:
+            from samplemind_gen.engines.musicgen_quant import limit_heap_retention
+
+            limit_heap_retention()
+        # CPU packed modes (musicgen_quant): fp16 or int8 decoder weights, fp16 text-encoder
+        # weights, fp32 activations. Loaded as fp16 (lossless for fp16 packing, one rounding for
+        # int8), then packed one layer at a time: never a full fp32 copy of the model.
+        packed: str | None = None
+        if options.quantize:
+            packed = options.quantize
+            if on_cpu:
+                dtype = "float16"
+        elif on_cpu and dtype == "float16":
+            packed = "float16"
         try:
             model: Any = MusicgenForConditionalGeneration.from_pretrained(
-                path, dtype=torch_dtype(dtype), use_safetensors=True, local_files_only=True
+                path,
+                dtype=torch.float16 if packed and on_cpu else torch_dtype(dtype),
+                use_safetensors=True,
+                local_files_only=True,
             )
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
@@ -117,19 +141,23 @@ class MusicGenEngine:
                 f"could not load the MusicGen checkpoint in {path}: {_short(exc)}; the files are "
                 "missing or damaged: download the model again (`samplemind-gen models download`)"
             ) from exc
-        # On CPU the text encoder and EnCodec stay fp32: they run once per take, this CPU has no
-        # native bf16 (T5 in bf16 measured ~10x slower), and EnCodec in bf16 costs audible
-        # quality. Their exact fp32 weights are read back from the checkpoint.
-        if dtype != "float32" and not device.startswith("cuda"):
-            _restore_fp32(model, path, ("text_encoder.", "audio_encoder."))
         # Text-to-music never encodes audio: drop EnCodec's encoder half.
         model.audio_encoder.encoder = None
         model.to(device).eval()
         torch.set_grad_enabled(False)
-        if options.quantize:
-            from samplemind_gen.engines.musicgen_quant import quantize_decoder
+        if packed:
+            from samplemind_gen.engines.musicgen_quant import pack_text_encoder, quantize_decoder
 
-            quantize_decoder(model, options.quantize, device)
+            quantize_decoder(model, packed, device)
+            if on_cpu:
+                pack_text_encoder(model)
+        # On CPU, EnCodec, the text projection and whatever of the text encoder is not packed run
+        # in fp32: they run once per take, this kind of CPU has no native bf16 (T5 in bf16
+        # measured ~10x slower), and EnCodec in bf16 costs audible quality. Their exact fp32
+        # weights are read back from the checkpoint.
+        if dtype != "float32" and on_cpu:
+            _restore_fp32(model, path, ("text_encoder.", "audio_encoder.", "enc_to_dec_proj."))
+        if options.quantize:
             dtype = f"{dtype}+{options.quantize}"
         engine = cls(
             spec,
@@ -206,17 +234,25 @@ class MusicGenEngine:
             torch.Generator(device=self.device).manual_seed(int(r.seed or 0)) for r in requests
         ]
         samples = round(first.duration * self.sample_rate)
-        stream = None
-        if on_audio is not None:
-            stream = ChunkedAudioDecoder(
-                self.codes_to_audio, on_audio, hop=self.hop, total_samples=samples
-            )
+        # EnCodec runs chunk by chunk as frames complete (encodec_windows): memory bounded by the
+        # window, not the take, and the same audio whether or not a listener streams it.
+        batch = len(requests)
+        audio = np.zeros((batch, self.channels, samples), dtype=np.float32)
+
+        def collect(chunk: np.ndarray, start: int) -> None:
+            audio[..., start : start + chunk.shape[-1]] = chunk
+            if on_audio is not None:
+                on_audio(chunk, start)
+
+        stream = ChunkedAudioDecoder(
+            self.audio_stream(), collect, hop=self.hop, total_samples=samples
+        )
         self.last_stream = stream
         t1 = time.perf_counter()
         codes = self._decode_loop(
             encoder_states,
             encoder_mask,
-            batch=len(requests),
+            batch=batch,
             request=first,
             generators=generators,
             greedy=greedy,
@@ -225,16 +261,14 @@ class MusicGenEngine:
             stream=stream,
         )
         timings["decode"] = time.perf_counter() - t1
+        timings["stream_audio_decoder"] = stream.decode_seconds
         check_cancel(cancel)
         if on_progress:
             on_progress(Progress(stage="decoding", message="decoding audio (EnCodec)"))
-        t2 = time.perf_counter()
-        audio = self.codes_to_audio(codes)
-        timings["audio_decoder"] = time.perf_counter() - t2
+        stream.feed(codes, final=True)
+        timings["audio_decoder"] = stream.decode_seconds
         timings["total"] = time.perf_counter() - t0
-        if stream is not None:
-            timings["first_audio"] = stream.first_audio_at - t0 if stream.first_audio_at else 0.0
-            timings["stream_audio_decoder"] = stream.decode_seconds
+        timings["first_audio"] = stream.first_audio_at - t0 if stream.first_audio_at else 0.0
         results = []
         for i, r in enumerate(requests):
             results.append(
@@ -353,14 +387,16 @@ class MusicGenEngine:
         finally:
             self.cached_decoder.end()
         final = decoder.apply_delay_pattern_mask(current, delay_mask)
-        codes = final[final != self.pad_token_id].reshape(batch, k, -1)
-        if stream is not None:
-            stream.feed(codes, final=True)
-        return codes
+        return final[final != self.pad_token_id].reshape(batch, k, -1)
 
     def _step_function(self, encoder_states: Any, encoder_mask: Any, steps: int, rows: int) -> Any:
         """`step(ids, position) -> logits (rows, vocab)` for the chosen decode path."""
         if self.decode_with == "transformers":
+            if self.cached_decoder.fused:
+                raise BadInputError(
+                    "transformers' decoder step needs unpacked weights; packed CPU modes "
+                    "(float16, int8) run on the cached decoder only"
+                )
             from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -383,19 +419,44 @@ class MusicGenEngine:
         return self.cached_decoder.step
 
     def codes_to_audio(self, codes: Any) -> np.ndarray:
-        """(batch, codebooks, frames) codes -> float32 (batch, channels, samples)."""
+        """(batch, codebooks, frames) codes -> float32 (batch, channels, samples), decoded in
+        windows (`encodec_windows`): equal to a one-shot EnCodec decode, in bounded memory."""
+        frames = int(codes.shape[-1])
+        audio = np.zeros((codes.shape[0], self.channels, frames * self.hop), dtype=np.float32)
+
+        def collect(chunk: np.ndarray, start: int) -> None:
+            audio[..., start : start + chunk.shape[-1]] = chunk
+
+        # The chunk schedule `generate` uses, so a take decoded here is bit-identical to the same
+        # codes decoded while generating (long-form windows rely on it).
+        stream = ChunkedAudioDecoder(
+            self.audio_stream(), collect, hop=self.hop, total_samples=audio.shape[-1]
+        )
+        while not stream.done and stream.frames_needed() <= frames:
+            stream.feed(codes[..., : stream.frames_needed()])
+        stream.feed(codes, final=True)
+        return audio
+
+    def audio_stream(self) -> Any:
+        """A fresh `push(codes, final=False)` over (batch, codebooks, n) complete frames, returning
+        the float32 (batch, channels, samples) audio that became final, or None. Stereo
+        checkpoints interleave left/right codebooks; each side has its own EnCodec stream."""
         import torch
 
-        encodec = self.model.audio_encoder
-        codes = codes[None, ...]
-        scales = [None] * codes.shape[1]
-        if self.channels == 1:
-            audio = encodec.decode(codes, audio_scales=scales).audio_values
-        else:
-            left = encodec.decode(codes[:, :, ::2, :], audio_scales=scales).audio_values
-            right = encodec.decode(codes[:, :, 1::2, :], audio_scales=scales).audio_values
-            audio = torch.cat([left, right], dim=1)
-        return audio.to(torch.float32).cpu().numpy()
+        streams = [self.windowed.stream() for _ in range(self.channels)]
+
+        def push(codes: Any, final: bool = False) -> np.ndarray | None:
+            if self.channels == 1:
+                parts = [streams[0].push(codes, final=final)]
+            else:
+                parts = [
+                    s.push(codes[:, c :: self.channels], final=final) for c, s in enumerate(streams)
+                ]
+            if any(p is None for p in parts):
+                return None
+            return torch.cat(parts, dim=1).to(torch.float32).cpu().numpy()
+
+        return push
 
 
 def _restore_fp32(model: Any, path: Path, prefixes: tuple[str, ...]) -> None:
@@ -404,9 +465,18 @@ def _restore_fp32(model: Any, path: Path, prefixes: tuple[str, ...]) -> None:
     import torch
     from safetensors import safe_open
 
+    params: dict[str, Any] = {}
     for prefix in prefixes:
-        model.get_submodule(prefix.rstrip(".")).to(torch.float32)
-    params = {k: v for k, v in model.state_dict(keep_vars=True).items() if k.startswith(prefixes)}
+        module = getattr(model, prefix.rstrip("."), None)
+        if module is None:
+            continue
+        module.to(torch.float32)
+        # named_parameters/buffers, not state_dict: packed layers would unpack into new tensors.
+        # remove_duplicate=False: a tied weight is found under every name the checkpoint uses.
+        for name, tensor in module.named_parameters(remove_duplicate=False):
+            params[prefix + name] = tensor
+        for name, tensor in module.named_buffers(remove_duplicate=False):
+            params[prefix + name] = tensor
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)

@@ -34,6 +34,7 @@ class CachedDecoder:
         self.scaling = float(attn.scaling)
         self.hidden = int(core.config.hidden_size)
         self.codebooks = int(lm.num_codebooks)
+        self.fused = hasattr(attn, "qkv_proj")
         self._keys: list[Any] = []
         self._values: list[Any] = []
         self._cross: list[tuple[Any, Any]] = []
@@ -42,6 +43,8 @@ class CachedDecoder:
         self._capacity = 0
         self._positions: Any = None
         self._static_mask: Any = None
+        self._plan: list[tuple[Any, ...]] = []
+        self._heads: list[Any] = []
 
     @property
     def dtype(self) -> Any:
@@ -80,11 +83,13 @@ class CachedDecoder:
             positions.make_weights(steps, positions.embedding_dim)
         self._positions = positions.weights
         self._static_mask = None
+        self._plan = self._build_plan()
 
     def end(self) -> None:
         """Drop the per-take cache (it is the biggest per-take allocation)."""
         self._keys, self._values, self._cross = [], [], []
         self._cross_mask = self._static_mask = None
+        self._plan, self._heads = [], []
 
     def embed(self, input_ids: Any, position: int | Any) -> Any:
         ids = input_ids.reshape(-1, self.codebooks, 1)
@@ -96,28 +101,74 @@ class CachedDecoder:
         return x + pos.to(x.dtype)
 
     def step(self, input_ids: Any, position: int) -> Any:
-        """One frame: `input_ids` (rows * codebooks, 1) -> logits (rows * codebooks, vocab)."""
+        """One frame: `input_ids` (rows * codebooks, 1) -> logits (rows * codebooks, vocab).
+
+        The same modules and weights as the decoder's forward, called through the plan `begin`
+        built (kernels bound directly, no module dispatch): at ~1,000 tiny ops a step on a CPU,
+        Python overhead is a quarter of the step otherwise."""
         import torch.nn.functional as F
 
+        sdpa = F.scaled_dot_product_attention
+        layer_norm = F.layer_norm
         x = self.embed(input_ids, position)
         rows, h, d = self._rows, self.heads, self.head_dim
+        width = h * d
+        split = (rows, 1, h, d)
+        merged = (rows, 1, width)
+        scale = self.scaling
         end = position + 1
-        for i, layer in enumerate(self.layers):
-            sa = layer.self_attn
-            residual = x
-            y = layer.self_attn_layer_norm(x)
-            q = sa.q_proj(y).view(rows, 1, h, d).transpose(1, 2)
-            k = sa.k_proj(y).view(rows, 1, h, d).transpose(1, 2)
-            v = sa.v_proj(y).view(rows, 1, h, d).transpose(1, 2)
-            keys, values = self._keys[i], self._values[i]
-            keys[:, :, position : position + 1] = k
-            values[:, :, position : position + 1] = v
-            a = F.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], scale=self.scaling
-            )
-            x = residual + sa.out_proj(a.transpose(1, 2).reshape(rows, 1, -1))
-            x = self._cross_and_ffn(i, layer, x)
+        cross_mask = self._cross_mask
+        for plan, keys, values, (ck, cv) in zip(
+            self._plan, self._keys, self._values, self._cross, strict=True
+        ):
+            (ln1, qkv, q_p, k_p, v_p, out1, ln2, cq, out2, ln3, fc1, act, fc2) = plan
+            y = layer_norm(x, (self.hidden,), *ln1)
+            if qkv is not None:
+                fused = qkv(y)
+                q = fused[..., :width].view(split).transpose(1, 2)
+                k = fused[..., width : 2 * width].view(split).transpose(1, 2)
+                v = fused[..., 2 * width :].view(split).transpose(1, 2)
+            else:
+                q = q_p(y).view(split).transpose(1, 2)
+                k = k_p(y).view(split).transpose(1, 2)
+                v = v_p(y).view(split).transpose(1, 2)
+            keys[:, :, position:end] = k
+            values[:, :, position:end] = v
+            a = sdpa(q, keys[:, :, :end], values[:, :, :end], scale=scale)
+            x = x + out1(a.transpose(1, 2).reshape(merged))
+            y = layer_norm(x, (self.hidden,), *ln2)
+            q = cq(y).view(split).transpose(1, 2)
+            a = sdpa(q, ck, cv, attn_mask=cross_mask, scale=scale)
+            x = x + out2(a.transpose(1, 2).reshape(merged))
+            y = layer_norm(x, (self.hidden,), *ln3)
+            x = x + fc2(act(fc1(y)))
         return self._logits(x)
+
+    def _build_plan(self) -> list[tuple[Any, ...]]:
+        """Per layer: layer-norm arguments and direct kernel callables, in `step`'s order."""
+        plan = []
+        self._heads = [direct(head) for head in self.lm.lm_heads]
+        for layer in self.layers:
+            sa, ca = layer.self_attn, layer.encoder_attn
+            act = layer.activation_fn
+            plan.append(
+                (
+                    _norm_args(layer.self_attn_layer_norm),
+                    direct(sa.qkv_proj) if self.fused else None,
+                    None if self.fused else direct(sa.q_proj),
+                    None if self.fused else direct(sa.k_proj),
+                    None if self.fused else direct(sa.v_proj),
+                    direct(sa.out_proj),
+                    _norm_args(layer.encoder_attn_layer_norm),
+                    direct(ca.q_proj),
+                    direct(ca.out_proj),
+                    _norm_args(layer.final_layer_norm),
+                    direct(layer.fc1),
+                    getattr(act, "act", act),  # transformers' GELUActivation wraps F.gelu
+                    direct(layer.fc2),
+                )
+            )
+        return plan
 
     def step_static(self, input_ids: Any, position: Any) -> Any:
         """`step` with shapes that do not depend on `position` (a 1-element long tensor):
@@ -126,7 +177,7 @@ class CachedDecoder:
         import torch.nn.functional as F
 
         x = self.embed(input_ids, position)
-        rows, h, d = self._rows, self.heads, self.head_dim
+        rows = self._rows
         slots = torch.arange(self._capacity, device=x.device)
         mask = torch.zeros(self._capacity, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(slots > position, float("-inf")).view(1, 1, 1, -1)
@@ -134,9 +185,7 @@ class CachedDecoder:
             sa = layer.self_attn
             residual = x
             y = layer.self_attn_layer_norm(x)
-            q = sa.q_proj(y).view(rows, 1, h, d).transpose(1, 2)
-            k = sa.k_proj(y).view(rows, 1, h, d).transpose(1, 2)
-            v = sa.v_proj(y).view(rows, 1, h, d).transpose(1, 2)
+            q, k, v = self._qkv(sa, y)
             self._keys[i].index_copy_(2, position, k)
             self._values[i].index_copy_(2, position, v)
             a = F.scaled_dot_product_attention(
@@ -145,6 +194,22 @@ class CachedDecoder:
             x = residual + sa.out_proj(a.transpose(1, 2).reshape(rows, 1, -1))
             x = self._cross_and_ffn(i, layer, x)
         return self._logits(x)
+
+    def _qkv(self, sa: Any, y: Any) -> tuple[Any, Any, Any]:
+        """Self-attention q, k, v, each (rows, heads, 1, head_dim): one fused projection when the
+        weights are packed (`musicgen_quant.fuse_qkv`), else three."""
+        rows, h, d = self._rows, self.heads, self.head_dim
+        if self.fused:
+            qkv = sa.qkv_proj(y)
+            width = h * d
+            return tuple(  # type: ignore[return-value]
+                qkv[..., i * width : (i + 1) * width].view(rows, 1, h, d).transpose(1, 2)
+                for i in range(3)
+            )
+        q = sa.q_proj(y).view(rows, 1, h, d).transpose(1, 2)
+        k = sa.k_proj(y).view(rows, 1, h, d).transpose(1, 2)
+        v = sa.v_proj(y).view(rows, 1, h, d).transpose(1, 2)
+        return q, k, v
 
     def _cross_and_ffn(self, i: int, layer: Any, x: Any) -> Any:
         import torch.nn.functional as F
@@ -166,8 +231,30 @@ class CachedDecoder:
         import torch
 
         x = self.core.layer_norm(x)
-        logits = torch.stack([head(x) for head in self.lm.lm_heads], dim=1)
+        heads = self._heads or self.lm.lm_heads
+        logits = torch.stack([head(x) for head in heads], dim=1)
         return logits.reshape(-1, logits.shape[-1])
+
+
+def _norm_args(norm: Any) -> tuple[Any, Any, float]:
+    return (norm.weight, norm.bias, float(norm.eps))
+
+
+def direct(linear: Any) -> Any:
+    """`linear` as a callable without module dispatch: for fbgemm-packed layers the kernel
+    itself (the module's forward adds ~25 us of wrapper a call), else the module."""
+    import torch
+
+    packed_holder = getattr(linear, "_packed_params", None)
+    if packed_holder is None or not hasattr(packed_holder, "_packed_params"):
+        return linear
+    packed = packed_holder._packed_params
+    if packed_holder.dtype == torch.float16:
+        fp16_op = torch.ops.quantized.linear_dynamic_fp16
+        return lambda x: fp16_op(x, packed)
+    int8_op = torch.ops.quantized.linear_dynamic
+    reduce_range = not (linear.version is None or linear.version < 4)
+    return lambda x: int8_op(x, packed, reduce_range)
 
 
 class CudaGraphStep:

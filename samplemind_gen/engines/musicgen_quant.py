@@ -1,12 +1,20 @@
-"""int8 weight quantization of MusicGen's decoder linear layers (CPU).
+"""Packed CPU weights for MusicGen: the decoder's linear layers in int8 or fp16, the text
+encoder's in fp16, activations in fp32, through fbgemm's dynamic-quantization kernels.
 
-Why `torch.ao.quantization.quantize_dynamic` and not torchao: measured on this project's 2-core
-CPU with torch 2.13, torchao 0.18's `Int8WeightOnlyConfig` and
-`Int8DynamicActivationInt8WeightConfig` run eager (no `torch.compile`, which costs minutes of
-warm-up on CPU) *slower* than plain fp32 for the decoder's (2 x 1024) x (1024 x 4096) matmuls, while
-`quantize_dynamic` (fbgemm int8 kernels) is several times faster (docs/performance.md). The
-old API still works in torch 2.13 but warns that it is deprecated; the warning is silenced here,
-on purpose, and this module is the one place to change when it goes away.
+Why these kernels: MusicGen decodes one frame at a time, so every decoder linear layer is a
+(2 x K) x (K x N) product (two rows: the prompt and classifier-free guidance's empty prompt). That
+is memory-bound, and on a CPU without native bf16 (AVX2, no AVX512-BF16/AMX) PyTorch's bf16 matmul
+converts as it goes and reaches ~10 GB/s, where fbgemm's packed fp16 GEMM reads ~25 GB/s and its
+int8 GEMM ~19 GB/s of int8 weights (measured on the project's 2-core EPYC, docs/performance.md).
+torchao 0.18's int8 configs run eagerly at 0.45-0.54x of fp32 here, and
+`torch.ops.aten._weight_int8pack_mm` at ~14 GB/s, so neither is used. The
+`torch.ao.quantization.quantize_dynamic` API still works in torch 2.13 but warns that it is
+deprecated; the warning is silenced here, on purpose, and this module is the one place to change
+when it goes away.
+
+Packing also fuses each self-attention's q/k/v projections into one `qkv_proj` (one kernel call
+instead of three: 2.2 ms a step on musicgen-small), so a packed decoder is stepped only by
+`CachedDecoder`, not by transformers' own forward.
 """
 
 from __future__ import annotations
@@ -17,16 +25,17 @@ from typing import Any
 from samplemind_gen.errors import BadInputError
 
 MODES = ("int8",)
+PACKED = ("int8", "float16")
 
 
 def quantize_decoder(model: Any, mode: str, device: str) -> None:
-    """Quantize every `nn.Linear` of `model.decoder` in place, one transformer layer at a time so
-    peak memory stays at the loaded (bf16) model plus one fp32 layer. The rest of the decoder
-    (embeddings, layer norms) is switched to fp32, which the quantized layers take and return."""
+    """Pack every `nn.Linear` of `model.decoder` in place (`mode` "int8": per-channel int8
+    weights; "float16": fp16 weights), one transformer layer at a time so peak memory stays at
+    the loaded model plus one fp32 layer. The rest of the decoder (embeddings, layer norms) is
+    switched to fp32, which the packed layers take and return."""
     import torch
-    from torch import nn
 
-    if mode not in MODES:
+    if mode not in PACKED:
         raise BadInputError(f"unknown quantization '{mode}'; use int8")
     if not device.startswith("cpu"):
         raise BadInputError(
@@ -34,23 +43,71 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
             "bfloat16 instead"
         )
     decoder = model.decoder
-    groups: list[nn.Module] = list(decoder.model.decoder.layers) + [decoder.lm_heads]
+    for layer in decoder.model.decoder.layers:
+        layer.to(torch.float32)
+        fuse_qkv(layer.self_attn)
+        pack_linears(layer, mode)
+    decoder.lm_heads.to(torch.float32)
+    pack_linears(decoder.lm_heads, mode)
+    decoder.to(torch.float32)
+    release_freed_memory()
+
+
+def pack_text_encoder(model: Any) -> None:
+    """fp16 weights for the T5 text encoder's linear layers (a quarter of the fp32 memory it
+    would take: ~170 MB less for t5-base), computed in fp32. Everything else goes to fp32."""
+    import torch
+
+    encoder = model.text_encoder
+    for block in encoder.encoder.block:
+        block.to(torch.float32)
+        pack_linears(block, "float16")
+    encoder.to(torch.float32)
+    release_freed_memory()
+
+
+def fuse_qkv(attention: Any) -> None:
+    """Replace `q_proj`, `k_proj`, `v_proj` of an attention module by one `qkv_proj` whose output
+    is their three outputs side by side."""
+    import torch
+    from torch import nn
+
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+    fused = nn.Linear(
+        q.in_features,
+        q.out_features + k.out_features + v.out_features,
+        bias=q.bias is not None,
+        dtype=q.weight.dtype,
+        device=q.weight.device,
+    )
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([q.weight, k.weight, v.weight], dim=0))
+        if q.bias is not None:
+            fused.bias.copy_(torch.cat([q.bias, k.bias, v.bias], dim=0))
+    attention.qkv_proj = fused
+    del attention.q_proj, attention.k_proj, attention.v_proj
+
+
+def pack_linears(module: Any, mode: str) -> None:
+    """`quantize_dynamic` every `nn.Linear` under `module`, in place."""
+    import torch
+    from torch import nn
+    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    qconfig = per_channel_dynamic_qconfig if mode == "int8" else float16_dynamic_qconfig
+    dtype = torch.qint8 if mode == "int8" else torch.float16
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*deprecat.*")
-        for group in groups:
-            group.to(torch.float32)
-            torch.ao.quantization.quantize_dynamic(
-                group, {nn.Linear}, dtype=torch.qint8, inplace=True
-            )
-            # quantize_dynamic leaves a `qconfig` on every module whose observer factory closes
-            # over the original float module: without this the fp32 weights (1.6 GB for
-            # musicgen-small) stay alive next to the int8 ones.
-            for module in group.modules():
-                if hasattr(module, "qconfig"):
-                    del module.qconfig
-    decoder.to(torch.float32)
-    release_freed_memory()
+        torch.ao.quantization.quantize_dynamic(
+            module, {nn.Linear: qconfig}, dtype=dtype, inplace=True
+        )
+    # quantize_dynamic leaves a `qconfig` on every module whose observer factory closes over the
+    # original float module: without this the fp32 weights (1.6 GB for musicgen-small) stay
+    # alive next to the packed ones.
+    for sub in module.modules():
+        if hasattr(sub, "qconfig"):
+            del sub.qconfig
 
 
 def release_freed_memory() -> None:
@@ -67,6 +124,31 @@ def release_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def limit_heap_retention(threshold: int = 64 * 1024) -> bool:
+    """Serve allocations above `threshold` bytes with their own mmap, returned to the OS when
+    freed. glibc otherwise raises its mmap threshold after the first large free and keeps later
+    big buffers (EnCodec's activations, the per-take KV cache) on the heap after use: measured
+    +200 MB of peak RSS per take for musicgen-small in int8. Linux/glibc only; a no-op elsewhere
+    or when the user set MALLOC_MMAP_THRESHOLD_ themselves. True when applied."""
+    import contextlib
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    m_mmap_threshold = -3  # from <malloc.h>
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, threshold))
+    return False
+
+
 def is_quantized(module: Any) -> bool:
-    """True when `module` holds dynamically quantized linear layers."""
+    """True when `module` holds packed (dynamically quantized) linear layers."""
     return any("quantized" in type(m).__module__ for m in module.modules())
+
+
+def is_fused(decoder: Any) -> bool:
+    """True when a MusicGen decoder's self-attention q/k/v were fused by packing."""
+    layers = decoder.model.decoder.layers
+    return len(layers) > 0 and hasattr(layers[0].self_attn, "qkv_proj")

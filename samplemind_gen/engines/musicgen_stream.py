@@ -1,11 +1,9 @@
 """Audio while MusicGen is still generating: EnCodec decodes the codes in chunks as they arrive.
 
-EnCodec's decoder is convolutional with an LSTM, so a chunk decoded alone differs at its edges from
-the same stretch of a one-shot decode. Each chunk is therefore decoded with some frames of past
-context (warming the LSTM and the convolutions) and a few frames of look-ahead (the convolutions
-see a little into the future), and only its middle is emitted. Concatenated chunks match the
-one-shot decode closely (tested); the take that is saved is always the one-shot decode, so a
-recipe reproduces the same file whether or not it was streamed.
+The chunks come from `encodec_windows.DecoderStream`: the LSTM's state is carried from chunk to
+chunk and the convolutions get the few frames of context and look-ahead they need, so the
+streamed audio joined end to end equals the saved take (the windowed one-shot decode) up to float
+summation order (~1e-7; tested). What you hear while it generates is what gets saved.
 """
 
 from __future__ import annotations
@@ -16,8 +14,12 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.engines.base import AudioCallback
+from samplemind_gen.engines.encodec_windows import HALO_FRAMES, LOOKAHEAD_FRAMES
 
 __all__ = ["AudioCallback", "ChunkedAudioDecoder", "complete_frames", "frame_columns"]
+
+# push(codes, final) -> float32 (batch, channels, n) audio now final, or None
+PushFunction = Callable[..., "np.ndarray | None"]
 
 
 class ChunkedAudioDecoder:
@@ -27,80 +29,67 @@ class ChunkedAudioDecoder:
 
     def __init__(
         self,
-        decode: Callable[[Any], np.ndarray],
+        push: PushFunction,
         on_audio: AudioCallback,
         *,
         hop: int,
         total_samples: int,
         first_chunk_frames: int = 12,
         chunk_frames: int = 50,
-        context_frames: int = 25,
-        lookahead_frames: int = 4,
     ) -> None:
-        self.decode = decode
+        self.push = push
         self.on_audio = on_audio
         self.hop = hop
         self.total_samples = total_samples
         self.first_chunk_frames = first_chunk_frames
         self.chunk_frames = chunk_frames
-        self.context_frames = context_frames
-        self.lookahead_frames = lookahead_frames
-        self.emitted_frames = 0
+        self.pushed_frames = 0
         self.emitted_samples = 0
         self.chunks = 0
         self.decode_seconds = 0.0
         self.first_audio_at: float | None = None  # perf_counter() when the first chunk went out
+        self._lead: tuple[int, ...] | None = None  # (batch, channels) of the chunks
 
     @property
     def done(self) -> bool:
         return self.emitted_samples >= self.total_samples
 
     def frames_needed(self) -> int:
-        """Complete frames needed before the next chunk can be decoded."""
+        """Complete frames needed before the next chunk is decoded."""
         size = self.first_chunk_frames if self.chunks == 0 else self.chunk_frames
-        return self.emitted_frames + size + self.lookahead_frames
+        if self.chunks == 0:
+            return size + LOOKAHEAD_FRAMES + HALO_FRAMES
+        return self.pushed_frames + size
 
     def feed(self, codes: Any, *, final: bool = False) -> None:
-        """`codes`: (batch, codebooks, n) all complete frames so far. Emits every chunk that is
-        due; with `final`, emits the rest."""
+        """`codes`: (batch, codebooks, n) all complete frames so far. Emits the audio that is
+        final now; with `final`, emits the rest (padded with silence to the take's length)."""
         import time
 
-        n = int(codes.shape[-1])
-        while not self.done:
-            if final:
-                end = n
-            elif n >= self.frames_needed():
-                size = self.first_chunk_frames if self.chunks == 0 else self.chunk_frames
-                end = self.emitted_frames + size
-            else:
-                return
-            if end <= self.emitted_frames:
-                return
-            start = max(0, self.emitted_frames - self.context_frames)
-            stop = n if final else min(n, end + self.lookahead_frames)
-            t0 = time.perf_counter()
-            audio = self.decode(codes[..., start:stop])
-            self.decode_seconds += time.perf_counter() - t0
-            lo = (self.emitted_frames - start) * self.hop
-            hi = (end - start) * self.hop
-            piece = audio[..., lo:hi]
-            piece = piece[..., : self.total_samples - self.emitted_samples]
-            if piece.shape[-1] == 0:
-                return
-            if self.first_audio_at is None:
-                self.first_audio_at = time.perf_counter()
-            self.on_audio(np.ascontiguousarray(piece, dtype=np.float32), self.emitted_samples)
-            self.emitted_samples += piece.shape[-1]
-            self.emitted_frames = end
-            self.chunks += 1
-            if final and end >= n:
-                # Audio can run short of total_samples by part of a frame: pad with silence.
-                missing = self.total_samples - self.emitted_samples
-                if missing > 0:
-                    pad = np.zeros((*piece.shape[:-1], missing), dtype=np.float32)
-                    self.on_audio(pad, self.emitted_samples)
-                    self.emitted_samples += missing
-                return
+        if self.done:
+            return
+        self.pushed_frames = int(codes.shape[-1])
+        t0 = time.perf_counter()
+        audio = self.push(codes, final=final)
+        self.decode_seconds += time.perf_counter() - t0
+        if audio is not None:
+            self._emit(audio[..., : self.total_samples - self.emitted_samples])
+        if final and not self.done and self._lead is not None:
+            # Audio can run short of total_samples by part of a frame: pad with silence.
+            missing = self.total_samples - self.emitted_samples
+            self._emit(np.zeros((*self._lead, missing), dtype=np.float32))
+
+    def _emit(self, piece: np.ndarray) -> None:
+        import time
+
+        if piece.shape[-1] == 0:
+            return
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+        self._lead = piece.shape[:-1]
+        self.on_audio(np.ascontiguousarray(piece, dtype=np.float32), self.emitted_samples)
+        self.emitted_samples += piece.shape[-1]
+        self.chunks += 1
 
 
 def frame_columns(delay_mask: Any, rows: int) -> Any:
