@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,11 +70,12 @@ class HubRepo:
 
 @dataclass
 class Fault:
-    kind: Literal["status", "cut", "corrupt", "ignore-range"]
+    kind: Literal["status", "cut", "corrupt", "ignore-range", "slow"]
     match: str  # substring of the file path (or of the URL path, e.g. "/api/")
     times: int | None = 1  # None: every time
     status: int = 503
     after: int = 0  # "cut": body bytes sent before the connection drops
+    pace: float = 0.02  # "slow": seconds between 64 KB pieces of the body
     method: str | None = None  # only this method ("GET", "HEAD")
 
 
@@ -453,6 +455,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault is not None and fault.kind == "slow":
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client may hang up (cancel)
+                for i in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[i : i + (1 << 16)])
+                    self.wfile.flush()
+                    self._count(f.path, len(body[i : i + (1 << 16)]))
+                    time.sleep(fault.pace)
             return
         self._send(status, headers, body)
         self._count(f.path, len(body))

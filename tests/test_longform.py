@@ -79,7 +79,9 @@ def test_continuation_matches_transformers_with_an_audio_prompt(musicgen_engine,
         guidance_scale=3.0,
         max_new_tokens=musicgen_engine.steps_for(0.4),
     ).numpy()
-    np.testing.assert_array_equal(take.audio[:, 32000:], ref[0][:, 16000 : 16000 + 12800])
+    # EnCodec runs in windows (encodec_windows): equal to the one-shot decode up to float
+    # summation order; a different code anywhere would differ by orders of magnitude more.
+    np.testing.assert_allclose(take.audio[:, 32000:], ref[0][:, 16000 : 16000 + 12800], atol=1e-6)
     # The EnCodec encoder half the engine dropped is dropped again afterwards.
     assert musicgen_engine.model.audio_encoder.encoder is None
 

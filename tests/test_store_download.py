@@ -128,6 +128,8 @@ def test_cancel_keeps_the_partial_file_and_the_next_run_resumes(hub: FakeHub) ->
         if p.file == "model.safetensors" and p.done_bytes > 50_000:
             cancel.set()
 
+    # Paced so progress is reported mid-file however fast the machine is.
+    hub.fault("slow", "model.safetensors", method="GET")
     with pytest.raises(DownloadCancelled):
         download_model(tiny_spec(), on_progress=on_progress, cancel=cancel)
     partials = list((repo_folder(TINY_REPO) / "blobs").glob("*.incomplete"))

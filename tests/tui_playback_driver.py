@@ -27,6 +27,12 @@ async def main() -> dict[str, object]:
         app.screen.watch(waveform, "playhead", lambda v: positions.append(v), init=False)
         app.screen.query_one("#takes").focus()
         await pilot.press("space")
+        # The stream opens off the UI thread: wait for it to start (or to have played already).
+        deadline = time.monotonic() + 5
+        while not (app.player.playing or positions or len(app._notifications)):
+            if time.monotonic() > deadline:
+                break
+            await pilot.pause(0.01)
         started = app.player.playing or bool(positions)
         deadline = time.monotonic() + 5
         while (app.player.playing or waveform.playhead is not None) and time.monotonic() < deadline:
