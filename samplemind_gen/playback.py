@@ -128,6 +128,11 @@ class StreamPlayer:
         """Seconds played so far."""
         return self._played / self.sample_rate
 
+    @property
+    def playing(self) -> bool:
+        """True from the first chunk until everything has played (or `stop`)."""
+        return self._stream is not None and not self._drained.is_set()
+
     def feed(self, chunk: np.ndarray) -> None:
         """Queue (channels, n) float audio; opens the output on the first call."""
         self.queue(chunk)
@@ -203,6 +208,63 @@ class StreamPlayer:
         except Exception as exc:
             self._stream = None
             raise NoAudioDeviceError(str(exc).splitlines()[0] if str(exc) else "") from exc
+
+
+class LivePlayback:
+    """Plays the first take of a generation while it is being generated: pass `on_audio` to
+    `AudioEngineWithGeneration.generate_blocking`. The output opens on the first chunk, so the
+    time to first sound is the engine's. A missing audio device never stops the generation: it
+    is kept in `error` for the caller to report once the take is safe.
+
+    `sample_rate` is asked for on the first chunk (the model may still be loading when the job
+    is set up)."""
+
+    def __init__(self, sample_rate: Callable[[], int]) -> None:
+        self._sample_rate = sample_rate
+        self.player: StreamPlayer | None = None
+        self.error: NoAudioDeviceError | None = None
+        self._stopped = False
+
+    def on_audio(self, chunk: np.ndarray, start: int) -> None:
+        """(batch, channels, n) audio starting at sample `start`; the first take is played."""
+        if self.error is not None or self._stopped:
+            return
+        try:
+            if self.player is None:
+                self.player = StreamPlayer(self._sample_rate(), chunk.shape[1])
+            self.player.feed(chunk[0])
+        except NoAudioDeviceError as exc:
+            self.error = exc
+
+    @property
+    def playing(self) -> bool:
+        return self.player is not None and self.player.playing
+
+    @property
+    def position(self) -> float:
+        return self.player.position if self.player is not None else 0.0
+
+    def done_feeding(self) -> None:
+        """No more audio will come: play out what is queued, then close the output."""
+        if self.player is not None:
+            self.player.finish()
+
+    def stop(self) -> None:
+        """Stop now and ignore any audio still to come."""
+        self._stopped = True
+        if self.player is not None:
+            self.player.stop()
+
+    def finish(self) -> bool:
+        """Block until the streamed take has played out; True if a take was streamed. Raises
+        the device error, if there was one."""
+        if self.error is not None:
+            raise self.error
+        if self.player is None:
+            return False
+        self.player.finish()
+        self.player.wait()
+        return True
 
 
 def play_blocking(audio: np.ndarray, sample_rate: int) -> None:

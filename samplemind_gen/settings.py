@@ -41,6 +41,7 @@ class Settings:
     export_format: str = "wav24"
     filename_template: str = "{prompt_slug}_{seed}"
     prompt_history: list[str] = field(default_factory=list)
+    play_while_generating: bool = True
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:

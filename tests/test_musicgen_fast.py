@@ -127,6 +127,55 @@ def test_packed_kernels_called_directly_match_the_modules(mode: str):
     assert direct(plain) is plain
 
 
+def onednn_bf16() -> bool:
+    from samplemind_gen.engines.musicgen_quant import onednn_bf16_available
+
+    return onednn_bf16_available()
+
+
+@pytest.mark.skipif(not onednn_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16/AMX)")
+def test_bf16_onednn_packed_mode_is_close_to_fp32(tiny_musicgen: Path, musicgen_engine):
+    from samplemind_gen.engines.musicgen_decoder import direct
+    from samplemind_gen.engines.musicgen_quant import OneDNNLinear, is_fused, is_onednn_packed
+
+    engine = load(tiny_musicgen, device="cpu", dtype="bfloat16")
+    decoder = engine.model.decoder
+    assert engine.dtype == "bfloat16" and is_fused(decoder) and is_onednn_packed(decoder)
+    assert not any(
+        type(m) is torch.nn.Linear for m in decoder.model.decoder.layers[0].self_attn.modules()
+    )
+    assert isinstance(direct(decoder.lm_heads[0]), OneDNNLinear)
+    # Cross-attention keys/values stay plain (computed once per take in `begin`).
+    assert type(decoder.model.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear
+    for eng in (engine, musicgen_engine):
+        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
+        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
+        eng.cached_decoder.begin(states, mask, 4)
+    ids = torch.randint(
+        0, 64, (2 * engine.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
+    )
+    for t in range(4):
+        half = engine.cached_decoder.step(ids, t).float()
+        full = musicgen_engine.cached_decoder.step(ids, t)
+        torch.testing.assert_close(half, full, rtol=5e-2, atol=5e-2)
+    engine.cached_decoder.end()
+    musicgen_engine.cached_decoder.end()
+    # Batched takes (more rows than the packing hint) come out as they do alone.
+    one = engine.generate([GenerationRequest(PROMPT, duration=0.3, seed=3)])[0].audio
+    two = engine.generate(
+        [GenerationRequest(PROMPT, duration=0.3, seed=3), GenerationRequest("pad", 0.3, seed=4)]
+    )
+    assert two[0].audio.shape == one.shape and np.isfinite(two[1].audio).all()
+    # pack=False keeps plain bf16 modules, which transformers' own forward can step.
+    plain = load(tiny_musicgen, device="cpu", dtype="bfloat16", pack=False)
+    assert not is_onednn_packed(plain.model.decoder) and not is_fused(plain.model.decoder)
+    plain.decode_with = "transformers"
+    assert plain.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])[0].audio.shape == (
+        1,
+        6400,
+    )
+
+
 def test_bf16_is_deterministic_per_seed(tiny_musicgen: Path):
     engine = load(tiny_musicgen, device="cpu", dtype="bfloat16")
     reqs = [GenerationRequest(PROMPT, duration=0.3, seed=3)]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from samplemind_gen.errors import BadInputError
 
@@ -75,39 +73,6 @@ def request_from_args(args: argparse.Namespace, prompt: str, seed: int | None): 
     return GenerationRequest(**kwargs)
 
 
-class LivePlayback:
-    """Feeds the first take's streamed chunks to a `StreamPlayer`. A missing audio device
-    does not stop the generation: the error is raised by `finish`, after the take is saved."""
-
-    def __init__(self, sample_rate: Callable[[], int]) -> None:
-        self._sample_rate = sample_rate
-        self.player: Any = None
-        self.error: Exception | None = None
-
-    def on_audio(self, chunk: Any, start: int) -> None:
-        if self.error is not None:
-            return
-        from samplemind_gen.errors import NoAudioDeviceError
-        from samplemind_gen.playback import StreamPlayer
-
-        try:
-            if self.player is None:
-                self.player = StreamPlayer(self._sample_rate(), chunk.shape[1])
-            self.player.feed(chunk[0])
-        except NoAudioDeviceError as exc:
-            self.error = exc
-
-    def finish(self) -> bool:
-        """Wait for the streamed take to play out; True if a take was streamed."""
-        if self.error is not None:
-            raise self.error
-        if self.player is None:
-            return False
-        self.player.finish()
-        self.player.wait()
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     from samplemind_gen import paths
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
@@ -152,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     service = AudioEngineWithGeneration(
         LoadOptions(device=args.device, dtype=args.dtype, quantize=args.quantize)
     )
+    from samplemind_gen.playback import LivePlayback
+
     progress = ProgressLine()
     library = open_library()
     reuse = library if args.seed is not None and not getattr(args, "no_reuse", False) else None

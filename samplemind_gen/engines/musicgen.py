@@ -118,9 +118,12 @@ class MusicGenEngine:
             from samplemind_gen.engines.musicgen_quant import limit_heap_retention
 
             limit_heap_retention()
-        # CPU packed modes (musicgen_quant): fp16 or int8 decoder weights, fp16 text-encoder
-        # weights, fp32 activations. Loaded as fp16 (lossless for fp16 packing, one rounding for
-        # int8), then packed one layer at a time: never a full fp32 copy of the model.
+        # CPU packed modes (musicgen_quant): int8 or fp16 (fbgemm, fp32 activations) or bf16
+        # (oneDNN, bf16 activations) decoder weights, fp16 text-encoder weights. Loaded in a
+        # 16-bit dtype (lossless for fp16/bf16 packing, one rounding for int8), then packed one
+        # layer at a time: never a full fp32 copy of the model.
+        from samplemind_gen.engines.musicgen_quant import onednn_bf16_available
+
         packed: str | None = None
         if options.quantize:
             packed = options.quantize
@@ -128,10 +131,12 @@ class MusicGenEngine:
                 dtype = "float16"
         elif on_cpu and dtype == "float16":
             packed = "float16"
+        elif on_cpu and dtype == "bfloat16" and options.pack and onednn_bf16_available():
+            packed = "bfloat16"
         try:
             model: Any = MusicgenForConditionalGeneration.from_pretrained(
                 path,
-                dtype=torch.float16 if packed and on_cpu else torch_dtype(dtype),
+                dtype=torch_dtype(dtype),
                 use_safetensors=True,
                 local_files_only=True,
             )
@@ -146,17 +151,18 @@ class MusicGenEngine:
         model.to(device).eval()
         torch.set_grad_enabled(False)
         if packed:
-            from samplemind_gen.engines.musicgen_quant import pack_text_encoder, quantize_decoder
+            from samplemind_gen.engines.musicgen_quant import quantize_decoder
 
             quantize_decoder(model, packed, device)
-            if on_cpu:
-                pack_text_encoder(model)
-        # On CPU, EnCodec, the text projection and whatever of the text encoder is not packed run
-        # in fp32: they run once per take, this kind of CPU has no native bf16 (T5 in bf16
-        # measured ~10x slower), and EnCodec in bf16 costs audible quality. Their exact fp32
-        # weights are read back from the checkpoint.
+        # On CPU, EnCodec, the text projection and the text encoder run in fp32 (their weights
+        # read back exactly from the checkpoint): they run once per take, T5 in bf16 measured
+        # ~10x slower on a CPU without native bf16, and EnCodec in bf16 costs audible quality.
         if dtype != "float32" and on_cpu:
             _restore_fp32(model, path, ("text_encoder.", "audio_encoder.", "enc_to_dec_proj."))
+        if packed and on_cpu:
+            from samplemind_gen.engines.musicgen_quant import pack_text_encoder
+
+            pack_text_encoder(model)  # fp16 weights, fp32 math: ~250 MB less than fp32 T5
         if options.quantize:
             dtype = f"{dtype}+{options.quantize}"
         engine = cls(

@@ -245,6 +245,9 @@ def direct(linear: Any) -> Any:
     itself (the module's forward adds ~25 us of wrapper a call), else the module."""
     import torch
 
+    kernel = getattr(linear, "kernel", None)
+    if kernel is not None:  # musicgen_quant.OneDNNLinear behind a PackedModule
+        return kernel
     packed_holder = getattr(linear, "_packed_params", None)
     if packed_holder is None or not hasattr(packed_holder, "_packed_params"):
         return linear

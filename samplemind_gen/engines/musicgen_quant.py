@@ -25,7 +25,44 @@ from typing import Any
 from samplemind_gen.errors import BadInputError
 
 MODES = ("int8",)
-PACKED = ("int8", "float16")
+PACKED = ("int8", "float16", "bfloat16")
+
+
+def onednn_bf16_available() -> bool:
+    """True when oneDNN can pack bf16 linear weights here (a CPU build with mkldnn and a CPU with
+    native bf16: AVX512-BF16 or AMX)."""
+    import torch
+
+    from samplemind_gen.devices import cpu_supports_bf16
+
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    return bool(
+        mkldnn is not None
+        and mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and cpu_supports_bf16()
+    )
+
+
+class OneDNNLinear:
+    """A bf16 `nn.Linear` whose weight oneDNN has reordered into its blocked layout once, called
+    through `mkldnn._linear_pointwise` (the kernel PyTorch's inductor uses on x86). On a CPU with
+    AMX/AVX512-BF16 it reads the weights ~1.5x faster than `F.linear` in bf16 at decode shapes
+    (2 rows). The packed tensor replaces the weight (same size), so memory does not grow."""
+
+    def __init__(self, linear: Any) -> None:
+        import torch
+
+        self.in_features = int(linear.in_features)
+        self.out_features = int(linear.out_features)
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 2)
+        bias = linear.bias
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self._op = torch.ops.mkldnn._linear_pointwise
+
+    def __call__(self, x: Any) -> Any:
+        return self._op(x, self.packed, self.bias, "none", [], "")
 
 
 def quantize_decoder(model: Any, mode: str, device: str) -> None:
@@ -37,6 +74,9 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
 
     if mode not in PACKED:
         raise BadInputError(f"unknown quantization '{mode}'; use int8")
+    if mode == "bfloat16":
+        pack_bf16_decoder(model)
+        return
     if not device.startswith("cpu"):
         raise BadInputError(
             "--quantize int8 is a CPU mode (fbgemm kernels); on a GPU use --dtype float16 or "
@@ -51,6 +91,62 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
     pack_linears(decoder.lm_heads, mode)
     decoder.to(torch.float32)
     release_freed_memory()
+
+
+def pack_bf16_decoder(model: Any) -> None:
+    """The decoder in bf16 with oneDNN-packed linear layers (`OneDNNLinear`) and fused q/k/v.
+    Activations stay bf16; embeddings and layer norms are untouched."""
+    import torch
+
+    decoder = model.decoder
+    decoder.to(torch.bfloat16)
+    for layer in decoder.model.decoder.layers:
+        fuse_qkv(layer.self_attn)
+        for parent in (layer.self_attn, layer.encoder_attn):
+            for name in ("qkv_proj", "out_proj", "q_proj"):
+                if hasattr(parent, name):
+                    _swap(parent, name)
+        _swap(layer, "fc1")
+        _swap(layer, "fc2")
+    for i in range(len(decoder.lm_heads)):
+        decoder.lm_heads[i] = _PackedModule(OneDNNLinear(decoder.lm_heads[i]))
+    release_freed_memory()
+
+
+def _swap(parent: Any, name: str) -> None:
+    setattr(parent, name, _PackedModule(OneDNNLinear(getattr(parent, name))))
+
+
+def _packed_module_class() -> Any:
+    from torch import nn
+
+    class PackedModule(nn.Module):
+        """Holds a packed kernel where an `nn.Linear` was, so module code (transformers'
+        forward, `.to()`, repr) still works; `CachedDecoder` calls `kernel` directly."""
+
+        def __init__(self, kernel: OneDNNLinear) -> None:
+            super().__init__()
+            self.kernel = kernel
+            self.in_features = kernel.in_features
+            self.out_features = kernel.out_features
+
+        def forward(self, x: Any) -> Any:
+            return self.kernel(x)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, onednn bf16"
+
+    return PackedModule
+
+
+def _PackedModule(kernel: OneDNNLinear) -> Any:  # noqa: N802 (a class made lazily: torch import)
+    global _PACKED_MODULE
+    if _PACKED_MODULE is None:
+        _PACKED_MODULE = _packed_module_class()
+    return _PACKED_MODULE(kernel)
+
+
+_PACKED_MODULE: Any = None
 
 
 def pack_text_encoder(model: Any) -> None:
@@ -146,6 +242,11 @@ def limit_heap_retention(threshold: int = 64 * 1024) -> bool:
 def is_quantized(module: Any) -> bool:
     """True when `module` holds packed (dynamically quantized) linear layers."""
     return any("quantized" in type(m).__module__ for m in module.modules())
+
+
+def is_onednn_packed(module: Any) -> bool:
+    """True when `module` holds oneDNN-packed bf16 linear layers."""
+    return any(isinstance(getattr(m, "kernel", None), OneDNNLinear) for m in module.modules())
 
 
 def is_fused(decoder: Any) -> bool:

@@ -24,6 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from samplemind_gen.catalog import ResolvedModel
 from samplemind_gen.errors import NoAudioDeviceError, SampleMindError
+from samplemind_gen.playback import LivePlayback
 from samplemind_gen.request import GenerationRequest, Progress, validate_request
 from samplemind_gen.service import AudioEngineWithGeneration
 from samplemind_gen.take import Take
@@ -80,6 +81,7 @@ class GenerateScreen(Screen[None]):
         Binding("escape", "cancel", "Cancel", id="cancel"),
         Binding("ctrl+e", "export", "Export", id="export", priority=True),
         Binding("f2", "pick_model", "Model", id="model"),
+        Binding("ctrl+l", "toggle_live", "Live play", id="live"),
     ]
 
     generating: var[bool] = var(False, bindings=True)
@@ -92,6 +94,8 @@ class GenerateScreen(Screen[None]):
         self._submitted_prompt: str | None = None
         self._playhead_timer: Timer | None = None
         self._model: ResolvedModel | None = None
+        # The take being played while it is generated (settings.play_while_generating).
+        self._live: LivePlayback | None = None
 
     @property
     def session(self) -> SampleMindApp:
@@ -232,12 +236,18 @@ class GenerateScreen(Screen[None]):
         session.save_settings()
         self._submitted_prompt = prompt
         self._cancel = threading.Event()
-        self.generating = True
         waiting = (
             "starting" if session.service.is_loaded(model) else "waiting for the model to load"
         )
+        live = None
+        if session.settings.play_while_generating:
+            self._stop_playback()  # the new take is what plays next
+            service = session.service
+            live = LivePlayback(lambda: service.load(model).sample_rate)
+        self._live = live
+        self.generating = True
         self.query_one(StatusLine).show_job(f"{waiting}…")
-        self.generate(session.service, requests, model, self._cancel)
+        self.generate(session.service, requests, model, self._cancel, live)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def generate(
@@ -246,6 +256,7 @@ class GenerateScreen(Screen[None]):
         requests: list[GenerationRequest],
         model: ResolvedModel,
         cancel: threading.Event,
+        live: LivePlayback | None = None,
     ) -> list[Take]:
         import torch
 
@@ -256,7 +267,20 @@ class GenerateScreen(Screen[None]):
             self.post_message(GenerationProgress(progress))
 
         report = Throttle(post)
-        takes = service.generate_blocking(requests, model=model, on_progress=report, cancel=cancel)
+        try:
+            takes = service.generate_blocking(
+                requests,
+                model=model,
+                on_progress=report,
+                cancel=cancel,
+                on_audio=live.on_audio if live is not None else None,
+            )
+        except BaseException:
+            if live is not None:
+                live.stop()
+            raise
+        if live is not None:
+            live.done_feeding()  # plays out what is queued, then closes the output
         peaks = {take.id: compute_peaks(take.audio, take.sample_rate) for take in takes}
         self.post_message(TakeReady(takes, peaks))
         return takes
@@ -282,11 +306,29 @@ class GenerateScreen(Screen[None]):
         made = first.timings.get("total")
         done = f"{len(message.takes)} take{'s' if len(message.takes) > 1 else ''} ready"
         self.query_one(StatusLine).idle(f"{done} in {made:.1f} s" if made else done)
+        live = self._live
+        if live is not None and live.error is not None:
+            # Said once; live play stays off until ctrl+l turns it back on.
+            self.session.settings.play_while_generating = False
+            self.session.show_failure(live.error, "live playback off")
+            self._live = None
+        elif live is not None and live.playing and self._playhead_timer is None:
+            # The take is still playing out: the playhead follows it on the new waveform.
+            self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
 
     def action_cancel(self) -> None:
         if self.generating:
             self._cancel.set()
+            if self._live is not None:
+                self._live.stop()
             self.query_one(StatusLine).show_job("cancelling…")
+
+    def action_toggle_live(self) -> None:
+        settings = self.session.settings
+        settings.play_while_generating = not settings.play_while_generating
+        self.session.save_settings()
+        state = "on" if settings.play_while_generating else "off"
+        self.notify(f"play while generating: {state}", title="live play", markup=False)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -306,7 +348,7 @@ class GenerateScreen(Screen[None]):
     @on(TakeList.TakeHighlighted)
     def _take_highlighted(self, event: TakeList.TakeHighlighted) -> None:
         self._show(event.take)
-        if self.session.player.playing:  # A/B: moving while playing plays the new take
+        if self._is_playing():  # A/B: moving while playing plays the new take
             self._play(event.take)
 
     def _show(self, take: Take) -> None:
@@ -318,9 +360,11 @@ class GenerateScreen(Screen[None]):
         )
         self.query_one(AnalysisPanel).show(take)
 
+    def _is_playing(self) -> bool:
+        return self.session.player.playing or (self._live is not None and self._live.playing)
+
     def action_toggle_play(self) -> None:
-        player = self.session.player
-        if player.playing:
+        if self._is_playing():
             self._stop_playback()
             return
         take = self.query_one(TakeList).selected
@@ -337,13 +381,17 @@ class GenerateScreen(Screen[None]):
         self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
 
     def _move_playhead(self) -> None:
-        player = self.session.player
+        live = self._live
+        player = live if live is not None and live.playing else self.session.player
         waveform = self.query_one(Waveform)
         waveform.playhead = player.position
         if not player.playing:
             self._stop_playback()
 
     def _stop_playback(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         self.session.player.stop()
         if self._playhead_timer is not None:
             self._playhead_timer.stop()
