@@ -33,6 +33,8 @@ def service() -> AudioEngineWithGeneration:
 @pytest.fixture
 def make_app(tiny_musicgen: Path, service: AudioEngineWithGeneration):  # type: ignore[no-untyped-def]
     def make(duration: float = 0.5, **settings: object) -> SampleMindApp:
+        # Live playback has its own tests (test_tui_playback: a real PortAudio null device).
+        settings.setdefault("play_while_generating", False)
         return SampleMindApp(
             model=str(tiny_musicgen),
             service=service,

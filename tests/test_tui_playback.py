@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 DRIVER = Path(__file__).with_name("tui_playback_driver.py")
+LIVE_DRIVER = Path(__file__).with_name("tui_live_driver.py")
 
 NULL_DEVICE = """pcm.!default { type null }
 ctl.!default { type hw card 0 }
@@ -23,13 +24,13 @@ ctl.!default { type hw card 99 }
 """
 
 
-def run_driver(tmp_path: Path, asoundrc: str) -> dict:  # type: ignore[type-arg]
+def run_driver(tmp_path: Path, asoundrc: str, *args: str, driver: Path = DRIVER) -> dict:  # type: ignore[type-arg]
     home = tmp_path / "home"
     home.mkdir()
     (home / ".asoundrc").write_text(asoundrc)
     env = dict(os.environ, HOME=str(home), SAMPLEMIND_GEN_HOME=str(tmp_path / "smg"))
     proc = subprocess.run(
-        [sys.executable, str(DRIVER)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(driver), *args], env=env, capture_output=True, text=True, timeout=120
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -53,3 +54,26 @@ def test_without_an_output_device_play_says_so_and_the_app_carries_on(tmp_path):
     result = run_driver(tmp_path, NO_DEVICE)
     assert any("no audio output device" in t for t in result["toasts"]), result
     assert not result["positions"] and result["ended"]
+
+
+@pytest.mark.skipif(not has_portaudio(), reason="libportaudio2 is not installed")
+def test_the_take_plays_while_it_is_generated(tmp_path, tiny_musicgen):
+    result = run_driver(tmp_path, NULL_DEVICE, str(tiny_musicgen), driver=LIVE_DRIVER)
+    # The output opened on the first streamed chunk, before the take was finished and analysed.
+    assert result["started_at"] is not None and result["ready_at"] is not None, result
+    assert result["started_at"] < result["ready_at"], result
+    # All of it played (1.5 s), then the output closed and the playhead went away.
+    assert result["played_s"] >= 1.5 - 0.05, result
+    assert result["ended"] and not result["toasts"], result
+
+
+@pytest.mark.skipif(not has_portaudio(), reason="libportaudio2 is not installed")
+def test_escape_stops_the_live_take_with_the_generation(tmp_path, tiny_musicgen):
+    result = run_driver(tmp_path, NULL_DEVICE, str(tiny_musicgen), "cancel", driver=LIVE_DRIVER)
+    assert result["playing_before_escape"] and not result["playing_after_escape"], result
+
+
+def test_live_play_without_an_output_device_says_so_once(tmp_path, tiny_musicgen):
+    result = run_driver(tmp_path, NO_DEVICE, str(tiny_musicgen), driver=LIVE_DRIVER)
+    assert result["started_at"] is None, result
+    assert sum("no audio output device" in t for t in result["toasts"]) == 1, result

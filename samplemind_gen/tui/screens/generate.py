@@ -81,7 +81,7 @@ class GenerateScreen(Screen[None]):
         Binding("escape", "cancel", "Cancel", id="cancel"),
         Binding("ctrl+e", "export", "Export", id="export", priority=True),
         Binding("f2", "pick_model", "Model", id="model"),
-        Binding("ctrl+l", "toggle_live", "Live play", id="live"),
+        Binding("ctrl+l", "toggle_live", "Live play on/off", id="live", show=False),
     ]
 
     generating: var[bool] = var(False, bindings=True)
