@@ -13,13 +13,15 @@ and speedups are medians of per-round ratios against the baseline run in the sam
 Modes: baseline (transformers generate, fp32), fp32, bf16, fp16 (fp16 weights packed for fbgemm,
 fp32 math: the CPU default where there is no native bf16), int8 (ours, streaming on, CFG 3), and
 "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
-and bf16 only: the packed modes fuse q/k/v, which that forward cannot run).
+and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), and "bf16-plain": our
+loop over plain bf16 modules (what bf16 is without oneDNN weight packing).
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,7 +33,7 @@ from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path("/tmp/musicgen-small-arch")
 PROMPT = "warm dusty lofi hip hop drums with a deep bass and vinyl crackle"
-MODES = ("baseline", "fp32", "bf16", "fp16", "int8", "bf16-hf", "fp32-hf")
+MODES = ("baseline", "fp32", "bf16", "fp16", "int8", "bf16-plain", "bf16-hf", "fp32-hf")
 
 
 # ------------------------------------------------------------------------------------- worker
@@ -88,6 +90,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             "fp16": LoadOptions(device="cpu", dtype="float16"),
             "int8": LoadOptions(device="cpu", quantize="int8"),
         }[base]
+        if variant in ("hf", "plain"):  # plain modules, no packed kernels
+            options = dataclasses.replace(options, pack=False)
         engine = load_engine(resolve_model(str(checkpoint)), options)
         if variant == "hf":
             engine.decode_with = "transformers"

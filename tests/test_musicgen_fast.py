@@ -364,3 +364,17 @@ def test_bf16_and_int8_with_a_text_projection(tmp_path: Path):
         assert next(engine.model.text_encoder.parameters()).dtype == torch.float32
         (take,) = engine.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])
         assert take.audio.shape == (1, 6400) and np.isfinite(take.audio).all()
+
+
+def test_folding_encodec_weight_norm_leaves_the_audio_unchanged(tiny_musicgen: Path):
+    from transformers import MusicgenForConditionalGeneration
+
+    from samplemind_gen.engines.encodec_windows import fold_weight_norm
+
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_musicgen, dtype=torch.float32)
+    codes = torch.randint(0, 64, (1, 1, 4, 30), generator=torch.Generator().manual_seed(0))
+    before = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+    assert fold_weight_norm(model.audio_encoder.decoder) > 0
+    assert fold_weight_norm(model.audio_encoder.decoder) == 0  # nothing left to fold
+    after = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

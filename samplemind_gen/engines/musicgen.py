@@ -89,6 +89,11 @@ class MusicGenEngine:
         self.decode_with = "cached"
         self.use_cuda_graphs = device.startswith("cuda")
         self.cached_decoder = CachedDecoder(model.decoder)
+        if device == "cpu" and dtype != "float32" and cpu_supports_bf16():
+            import torch
+
+            if self.cached_decoder.dtype == torch.float32:  # int8 / fp16 packed: fp32 math
+                self.cached_decoder.cache_dtype = torch.bfloat16
         self.windowed = WindowedDecoder(model.audio_encoder)
         self.last_stream: ChunkedAudioDecoder | None = None
 

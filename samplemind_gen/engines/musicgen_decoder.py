@@ -35,6 +35,11 @@ class CachedDecoder:
         self.hidden = int(core.config.hidden_size)
         self.codebooks = int(lm.num_codebooks)
         self.fused = hasattr(attn, "qkv_proj")
+        # The dtype of the attention caches (self and cross); None: the activations' dtype.
+        # Packed modes with fp32 activations (int8, fp16) set bf16 on CPUs with native bf16:
+        # half the cache memory (a 30 s take's self-attention cache is 590 MB in fp32) and
+        # attention over long caches ~2x faster.
+        self.cache_dtype: Any = None
         self._keys: list[Any] = []
         self._values: list[Any] = []
         self._cross: list[tuple[Any, Any]] = []
@@ -61,23 +66,30 @@ class CachedDecoder:
         device = states.device
         self._rows = rows
         self._capacity = steps
+        cache = self.cache_dtype or self.dtype
         shape = (rows, self.heads, steps, self.head_dim)
-        self._keys = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in self.layers]
-        self._values = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in self.layers]
+        self._keys = [torch.zeros(shape, dtype=cache, device=device) for _ in self.layers]
+        self._values = [torch.zeros(shape, dtype=cache, device=device) for _ in self.layers]
         kv_shape = (rows, states.shape[1], self.heads, self.head_dim)
         self._cross = []
         for layer in self.layers:
             ca = layer.encoder_attn
-            k = ca.k_proj(states).view(kv_shape).transpose(1, 2)
-            v = ca.v_proj(states).view(kv_shape).transpose(1, 2)
+            k = ca.k_proj(states).view(kv_shape).transpose(1, 2).to(cache)
+            v = ca.v_proj(states).view(kv_shape).transpose(1, 2).to(cache)
             self._cross.append((k, v))
         dummy = torch.zeros((rows, 1, self.hidden), dtype=self.dtype, device=device)
-        self._cross_mask = create_bidirectional_mask(
+        mask = create_bidirectional_mask(
             config=self.core.config,
             inputs_embeds=dummy,
             attention_mask=encoder_mask,
             encoder_hidden_states=states,
         )
+        if mask is not None and mask.dtype == torch.bool:
+            # What sdpa turns a boolean mask into on every call (48 calls a step), once; the
+            # results are identical (fully masked rows included).
+            zero = torch.zeros((), dtype=cache, device=device)
+            mask = torch.where(mask, zero, torch.full((), float("-inf"), dtype=cache))
+        self._cross_mask = mask
         positions = self.core.embed_positions
         if steps > positions.weights.size(0):
             positions.make_weights(steps, positions.embedding_dim)
@@ -118,6 +130,8 @@ class CachedDecoder:
         scale = self.scaling
         end = position + 1
         cross_mask = self._cross_mask
+        cache = self.cache_dtype
+        convert = cache is not None and cache != x.dtype
         for plan, keys, values, (ck, cv) in zip(
             self._plan, self._keys, self._values, self._cross, strict=True
         ):
@@ -134,12 +148,18 @@ class CachedDecoder:
                 v = v_p(y).view(split).transpose(1, 2)
             keys[:, :, position:end] = k
             values[:, :, position:end] = v
+            if convert:
+                q = q.to(cache)
             a = sdpa(q, keys[:, :, :end], values[:, :, :end], scale=scale)
-            x = x + out1(a.transpose(1, 2).reshape(merged))
+            a = a.transpose(1, 2).reshape(merged)
+            x = x + out1(a.to(x.dtype) if convert else a)
             y = layer_norm(x, (self.hidden,), *ln2)
             q = cq(y).view(split).transpose(1, 2)
+            if convert:
+                q = q.to(cache)
             a = sdpa(q, ck, cv, attn_mask=cross_mask, scale=scale)
-            x = x + out2(a.transpose(1, 2).reshape(merged))
+            a = a.transpose(1, 2).reshape(merged)
+            x = x + out2(a.to(x.dtype) if convert else a)
             y = layer_norm(x, (self.hidden,), *ln3)
             x = x + fc2(act(fc1(y)))
         return self._logits(x)
