@@ -57,7 +57,9 @@ def expected_identity(
         except SampleMindError:
             return None
         if service.options.quantize and resolved.spec.family == "musicgen":
-            base = "float16" if device == "cpu" else dtype  # as MusicGenEngine.load packs it
+            base = dtype  # as MusicGenEngine.load packs it
+            if device == "cpu":
+                base = "bfloat16" if service.options.quantize == "int4" else "float16"
             dtype = f"{base}+{service.options.quantize}"
     return take_identity(
         prompt=request.prompt,

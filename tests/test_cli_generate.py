@@ -102,6 +102,53 @@ def test_generate_same_seed_gives_the_same_audio(capsys, tiny_musicgen, tmp_path
     assert (a == b).all()
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_modes_record_their_mode_and_regenerate_exactly(
+    capsys, tiny_musicgen, tmp_path, mode
+):
+    """`--quantize` is part of the recipe, and `library regenerate` loads the same mode."""
+    import soundfile as sf
+
+    code, out, err = run_cli(
+        capsys,
+        "generate",
+        "dusty vinyl jazz",
+        "--model",
+        str(tiny_musicgen),
+        "--duration",
+        "0.3",
+        "--seed",
+        "5",
+        "--quantize",
+        mode,
+        "--format",
+        "wav32f",
+        "--output",
+        str(tmp_path / "a.wav"),
+        "--json",
+    )
+    assert code == 0, err
+    take = json.loads(out)
+    from samplemind_gen.export import read_recipe
+
+    embedded = read_recipe(Path(take["path"]))
+    recipe = embedded.get("recipe", embedded)
+    base = "bfloat16" if mode == "int4" else "float16"
+    assert recipe["dtype"] == f"{base}+{mode}" and recipe["device"] == "cpu"
+    code, out, err = run_cli(capsys, "library", "list", "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    take_id = (listed["takes"] if isinstance(listed, dict) else listed)[0]["id"]
+    code, out, err = run_cli(
+        capsys, "library", "regenerate", str(take_id), "--output", str(tmp_path / "b"), "--json"
+    )
+    assert code == 0, err
+    again = json.loads(out)
+    a, _ = sf.read(take["path"])
+    b, _ = sf.read(again["path"] if "path" in again else again["takes"][0]["path"])
+    assert (a == b).all()
+
+
 def test_several_prompts_run_as_one_batch(capsys, tiny_musicgen, tmp_path):
     code, out, err = run_cli(
         capsys,

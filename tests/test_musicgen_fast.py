@@ -176,6 +176,55 @@ def test_bf16_onednn_packed_mode_is_close_to_fp32(tiny_musicgen: Path, musicgen_
     )
 
 
+def test_int4_mode_packs_4_bit_weights_and_is_deterministic(tiny_musicgen: Path, musicgen_engine):
+    from samplemind_gen.engines.musicgen_quant import Int4Linear, is_fused, is_int4
+
+    engine = load(tiny_musicgen, device="cpu", quantize="int4")
+    decoder = engine.model.decoder
+    assert engine.dtype == "bfloat16+int4" and is_int4(decoder) and is_fused(decoder)
+    layer = decoder.model.decoder.layers[0]
+    for module in (layer.self_attn.qkv_proj, layer.fc1, layer.fc2, layer.encoder_attn.q_proj):
+        assert isinstance(module.kernel, Int4Linear)
+    assert not isinstance(getattr(decoder.lm_heads[0], "kernel", None), Int4Linear)
+    # Close to fp32 within 4-bit rounding (loose: this is the lossy mode).
+    for eng in (engine, musicgen_engine):
+        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
+        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
+        eng.cached_decoder.begin(states, mask, 2)
+    ids = torch.randint(
+        0, 64, (2 * engine.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
+    )
+    four = engine.cached_decoder.step(ids, 0).float()
+    full = musicgen_engine.cached_decoder.step(ids, 0)
+    engine.cached_decoder.end()
+    musicgen_engine.cached_decoder.end()
+    assert ((four - full).norm() / full.norm()).item() < 0.2
+    reqs = [GenerationRequest(PROMPT, duration=0.3, seed=3)]
+    a = engine.generate(reqs)[0].audio
+    assert a.shape == (1, 9600) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, engine.generate(reqs)[0].audio)
+
+
+def test_int4_linear_matches_its_own_dequantized_weights():
+    from torch import nn
+
+    from samplemind_gen.engines.musicgen_quant import Int4Linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    packed = Int4Linear(linear, group=32)
+    x = torch.randn(3, 1, 64).to(torch.bfloat16)
+    # Dequantize by hand: round-to-nearest on 16 levels between each group's min and max.
+    w = linear.weight.detach().reshape(48, 2, 32)
+    low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = (high - low) / 15
+    deq = (torch.round((w - low) / scale) * scale + low).reshape(48, 64)
+    expected = nn.functional.linear(x.float(), deq, linear.bias.detach())
+    torch.testing.assert_close(packed(x).float(), expected, rtol=3e-2, atol=3e-2)
+    assert packed(x).shape == (3, 1, 48)
+    assert Int4Linear.fits(linear, 32) and not Int4Linear.fits(nn.Linear(40, 48), 32)
+
+
 def test_bf16_is_deterministic_per_seed(tiny_musicgen: Path):
     engine = load(tiny_musicgen, device="cpu", dtype="bfloat16")
     reqs = [GenerationRequest(PROMPT, duration=0.3, seed=3)]
@@ -186,10 +235,11 @@ def test_int8_on_a_gpu_is_refused_with_advice(tiny_musicgen: Path):
     from samplemind_gen.engines.musicgen_quant import quantize_decoder
 
     engine = load(tiny_musicgen, device="cpu", dtype="float32")
-    with pytest.raises(BadInputError, match="float16"):
-        quantize_decoder(engine.model, "int8", "cuda")
-    with pytest.raises(BadInputError):
-        quantize_decoder(engine.model, "int4", "cpu")
+    for mode in ("int8", "int4"):
+        with pytest.raises(BadInputError, match="float16"):
+            quantize_decoder(engine.model, mode, "cuda")
+    with pytest.raises(BadInputError, match="int8 or int4"):
+        quantize_decoder(engine.model, "int3", "cpu")
 
 
 def test_cached_decoder_matches_transformers_decoder_sampling(musicgen_engine):

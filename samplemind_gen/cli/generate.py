@@ -23,7 +23,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=["fast", "quality"], default="fast")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--quantize", choices=["int8"], default=None, help="MusicGen decoder weights")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="MusicGen decoder weights on CPU: int8 (fast, close to bf16) or int4 (fastest, "
+        "lossy: check by ear)",
+    )
     p.add_argument(
         "--format", dest="fmt", default=None, help="wav, wav16, wav24, wav32f, flac, ogg"
     )

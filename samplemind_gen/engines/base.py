@@ -24,7 +24,7 @@ class LoadOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    quantize: str | None = None  # "int8" (MusicGen decoder on CPU)
+    quantize: str | None = None  # "int8" or "int4" (MusicGen decoder on CPU)
     # CPU: pack weights for the fastest kernels (oneDNN bf16, fbgemm fp16). False keeps plain
     # modules (transformers' own forward works on them: the reference path in benchmarks).
     pack: bool = True

@@ -132,8 +132,8 @@ class MusicGenEngine:
         packed: str | None = None
         if options.quantize:
             packed = options.quantize
-            if on_cpu:
-                dtype = "float16"
+            if on_cpu:  # int8: fp32 math over fp16-loaded weights; int4: bf16 math
+                dtype = "bfloat16" if options.quantize == "int4" else "float16"
         elif on_cpu and dtype == "float16":
             packed = "float16"
         elif on_cpu and dtype == "bfloat16" and options.pack and onednn_bf16_available():
