@@ -33,7 +33,7 @@ from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path("/tmp/musicgen-small-arch")
 PROMPT = "warm dusty lofi hip hop drums with a deep bass and vinyl crackle"
-MODES = ("baseline", "fp32", "bf16", "fp16", "int8", "bf16-plain", "bf16-hf", "fp32-hf")
+MODES = ("baseline", "fp32", "bf16", "fp16", "int8", "int4", "bf16-plain", "bf16-hf", "fp32-hf")
 
 
 # ------------------------------------------------------------------------------------- worker
@@ -89,6 +89,7 @@ def worker(mode: str, checkpoint: Path) -> None:
             "bf16": LoadOptions(device="cpu", dtype="bfloat16"),
             "fp16": LoadOptions(device="cpu", dtype="float16"),
             "int8": LoadOptions(device="cpu", quantize="int8"),
+            "int4": LoadOptions(device="cpu", quantize="int4"),
         }[base]
         if variant in ("hf", "plain"):  # plain modules, no packed kernels
             options = dataclasses.replace(options, pack=False)

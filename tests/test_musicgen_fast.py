@@ -42,6 +42,10 @@ def test_cpu_default_dtype_and_encodec_encoder_is_dropped(tiny_musicgen: Path):
     with safe_open(str(tiny_musicgen / "model.safetensors"), framework="pt") as f:
         for name in f.keys():  # noqa: SIM118
             if name.startswith(("text_encoder.", "audio_encoder.decoder")) and name in params:
+                if "shared" in name or "embed_tokens" in name:  # the T5 table: fp16 by design
+                    assert params[name].dtype == torch.float16, name
+                    assert torch.equal(params[name], f.get_tensor(name).half()), name
+                    continue
                 assert params[name].dtype == torch.float32, name
                 assert torch.equal(params[name], f.get_tensor(name)), name
     (take,) = engine.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])
@@ -411,7 +415,8 @@ def test_bf16_and_int8_with_a_text_projection(tmp_path: Path):
     folder = build_musicgen(tmp_path / "proj", size=MusicGenSize(t5_d_model=24, t5_heads=2))
     for options in ({"dtype": "bfloat16"}, {"quantize": "int8"}):
         engine = load(folder, device="cpu", **options)
-        assert next(engine.model.text_encoder.parameters()).dtype == torch.float32
+        norm = engine.model.text_encoder.encoder.final_layer_norm
+        assert norm.weight.dtype == torch.float32
         (take,) = engine.generate([GenerationRequest(PROMPT, duration=0.2, seed=1)])
         assert take.audio.shape == (1, 6400) and np.isfinite(take.audio).all()
 

@@ -215,7 +215,24 @@ def pack_text_encoder(model: Any) -> None:
         block.to(torch.float32)
         pack_linears(block, "float16")
     encoder.to(torch.float32)
+    _half_embeddings(encoder)
     release_freed_memory()
+
+
+def _half_embeddings(encoder: Any) -> None:
+    """The token embedding table in fp16 (t5-base: 32k x 768, 47 MB less), looked up and then
+    widened to fp32, so the rest of the encoder sees what it saw before, up to fp16 rounding of
+    the table (the same rounding its packed linear layers have)."""
+    import torch
+    from torch import nn
+
+    modules = [m for m in (getattr(encoder, "shared", None), encoder.encoder.embed_tokens) if m]
+    if not modules:
+        return
+    half = nn.Parameter(modules[0].weight.detach().to(torch.float16), requires_grad=False)
+    for module in {id(m): m for m in modules}.values():
+        module.weight = half  # one table even where the checkpoint ties two modules to it
+        module.register_forward_hook(lambda _m, _i, out: out.to(torch.float32))
 
 
 def fuse_qkv(attention: Any) -> None:
