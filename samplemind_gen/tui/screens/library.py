@@ -184,7 +184,10 @@ class LibraryScreen(Screen[None]):
 
     # ------------------------------------------------------------------ listing
     def refresh_entries(self, keep: str | None = None) -> None:
-        """Run the current query and redraw the table, keeping the cursor on `keep`."""
+        """Run the current query and redraw the table, keeping the cursor on `keep` (default:
+        the take under the cursor now, when it still matches)."""
+        if keep is None and self.selected is not None:
+            keep = self.selected.id
         where = replace(self.where, limit=PAGE)
         self.entries = self.library.find(where)
         total = self.library.count(self.where)
@@ -222,6 +225,11 @@ class LibraryScreen(Screen[None]):
 
     @on(Input.Submitted, "#library-query")
     def _query_submitted(self, event: Input.Submitted) -> None:
+        # Enter runs the query now; the debounced run of the same text would come later and
+        # redraw the table under the cursor the producer has moved meanwhile.
+        if self._search_timer is not None:
+            self._search_timer.stop()
+            self._search_timer = None
         self.apply_query(event.value)
         self.query_one(DataTable).focus()
 
