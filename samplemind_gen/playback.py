@@ -191,9 +191,16 @@ class StreamPlayer:
     def _open(self) -> None:
         sd = _sounddevice()
 
-        def callback(outdata: Any, _n: int, _time: Any, _status: Any) -> None:
+        def callback(outdata: Any, n: int, _time: Any, _status: Any) -> None:
+            underruns = self.underruns
             if self._fill(outdata):
                 raise sd.CallbackStop
+            if self.underruns != underruns:
+                # Waiting for the generator. A device that takes audio faster than it plays
+                # (ALSA's null device) would call back at once, over and over, holding the GIL
+                # and starving the generation: rest for a fraction of a block (well within the
+                # block's own duration, so a real device never glitches on it).
+                time.sleep(min(0.005, n / self.sample_rate / 4))
 
         try:
             self._stream = sd.OutputStream(
