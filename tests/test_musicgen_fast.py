@@ -22,6 +22,21 @@ def load(folder: Path, **options):  # type: ignore[no-untyped-def]
     return load_engine(resolve_model(str(folder)), LoadOptions(**options))
 
 
+def stepped_logits(engines, steps: int) -> list[list[torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """The fp32 logits of each engine's first `steps` decode steps on the same random frames."""
+    out = []
+    for eng in engines:
+        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
+        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
+        eng.cached_decoder.begin(states, mask, steps)
+        ids = torch.randint(
+            0, 64, (2 * eng.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
+        )
+        out.append([eng.cached_decoder.step(ids, t).float() for t in range(steps)])
+        eng.cached_decoder.end()
+    return out
+
+
 @pytest.fixture(scope="module")
 def int8_engine(tiny_musicgen: Path):  # type: ignore[no-untyped-def]
     return load(tiny_musicgen, device="cpu", quantize="int8")
@@ -87,19 +102,8 @@ def test_fp16_packed_mode_is_close_to_fp32_and_deterministic(tiny_musicgen: Path
     assert is_quantized(engine.model.decoder) and is_quantized(engine.model.text_encoder)
     assert not any(type(m) is torch.nn.Linear for m in engine.model.decoder.modules())
     # Same logits as fp32 up to fp16 weight rounding.
-    for eng in (engine, musicgen_engine):
-        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
-        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
-        eng.cached_decoder.begin(states, mask, 4)
-    ids = torch.randint(
-        0, 64, (2 * engine.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
-    )
-    for t in range(4):
-        half = engine.cached_decoder.step(ids, t)
-        full = musicgen_engine.cached_decoder.step(ids, t)
-        torch.testing.assert_close(half, full, rtol=2e-2, atol=2e-2)
-    engine.cached_decoder.end()
-    musicgen_engine.cached_decoder.end()
+    half, full = stepped_logits((engine, musicgen_engine), 4)
+    torch.testing.assert_close(half, full, rtol=2e-2, atol=2e-2)
     reqs = [GenerationRequest(PROMPT, duration=0.3, seed=3)]
     np.testing.assert_array_equal(engine.generate(reqs)[0].audio, engine.generate(reqs)[0].audio)
     # transformers' own decoder forward cannot step fused q/k/v: a clear refusal.
@@ -151,19 +155,8 @@ def test_bf16_onednn_packed_mode_is_close_to_fp32(tiny_musicgen: Path, musicgen_
     assert isinstance(direct(decoder.lm_heads[0]), OneDNNLinear)
     # Cross-attention keys/values stay plain (computed once per take in `begin`).
     assert type(decoder.model.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear
-    for eng in (engine, musicgen_engine):
-        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
-        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
-        eng.cached_decoder.begin(states, mask, 4)
-    ids = torch.randint(
-        0, 64, (2 * engine.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
-    )
-    for t in range(4):
-        half = engine.cached_decoder.step(ids, t).float()
-        full = musicgen_engine.cached_decoder.step(ids, t)
-        torch.testing.assert_close(half, full, rtol=5e-2, atol=5e-2)
-    engine.cached_decoder.end()
-    musicgen_engine.cached_decoder.end()
+    half, full = stepped_logits((engine, musicgen_engine), 4)
+    torch.testing.assert_close(half, full, rtol=5e-2, atol=5e-2)
     # Batched takes (more rows than the packing hint) come out as they do alone.
     one = engine.generate([GenerationRequest(PROMPT, duration=0.3, seed=3)])[0].audio
     two = engine.generate(
@@ -191,17 +184,7 @@ def test_int4_mode_packs_4_bit_weights_and_is_deterministic(tiny_musicgen: Path,
         assert isinstance(module.kernel, Int4Linear)
     assert not isinstance(getattr(decoder.lm_heads[0], "kernel", None), Int4Linear)
     # Close to fp32 within 4-bit rounding (loose: this is the lossy mode).
-    for eng in (engine, musicgen_engine):
-        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
-        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
-        eng.cached_decoder.begin(states, mask, 2)
-    ids = torch.randint(
-        0, 64, (2 * engine.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
-    )
-    four = engine.cached_decoder.step(ids, 0).float()
-    full = musicgen_engine.cached_decoder.step(ids, 0)
-    engine.cached_decoder.end()
-    musicgen_engine.cached_decoder.end()
+    (four, *_), (full, *_) = stepped_logits((engine, musicgen_engine), 2)
     assert ((four - full).norm() / full.norm()).item() < 0.2
     reqs = [GenerationRequest(PROMPT, duration=0.3, seed=3)]
     a = engine.generate(reqs)[0].audio
