@@ -81,3 +81,33 @@ def test_live_play_without_an_output_device_says_so_once(tmp_path, tiny_musicgen
     result = run_driver(tmp_path, NO_DEVICE, str(tiny_musicgen), driver=LIVE_DRIVER)
     assert result["started_at"] is None, result
     assert sum("no audio output device" in t for t in result["toasts"]) == 1, result
+
+
+def run_cli_play(tmp_path: Path, asoundrc: str, model: Path) -> subprocess.CompletedProcess[str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".asoundrc").write_text(asoundrc)
+    env = dict(os.environ, HOME=str(home), SAMPLEMIND_GEN_HOME=str(tmp_path / "smg"))
+    env["HF_HUB_OFFLINE"] = "1"
+    argv = ["generate", "lofi drums", "--model", str(model), "--duration", "1", "--play"]
+    argv += ["--output", str(tmp_path / "out"), "--json"]
+    code = "import sys; from samplemind_gen.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.skipif(not has_portaudio(), reason="libportaudio2 is not installed")
+def test_cli_play_streams_the_take_and_prints_it(tmp_path, tiny_musicgen):
+    proc = run_cli_play(tmp_path, NULL_DEVICE, tiny_musicgen)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    take = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(take["path"]).is_file() and take["timings"]["first_audio"] > 0
+
+
+def test_cli_play_without_a_device_keeps_the_take_and_says_why(tmp_path, tiny_musicgen):
+    proc = run_cli_play(tmp_path, NO_DEVICE, tiny_musicgen)
+    assert proc.returncode != 0 and "no audio output device" in proc.stderr
+    # The take was saved and reported before playback was tried.
+    take = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(take["path"]).is_file()

@@ -154,13 +154,6 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in take.notes:
             print(f"{'note' if was_reused(take) else 'warning'}: {note}", file=sys.stderr)
-    if live is not None:
-        from samplemind_gen.playback import play_blocking
-
-        streamed = live.finish()
-        for i, take in enumerate(takes):
-            if not (i == 0 and streamed):
-                play_blocking(take.audio, take.sample_rate)
     if args.json:
         summaries = [t.summary() for t in takes]
         print(json.dumps(summaries[0] if len(summaries) == 1 else {"takes": summaries}))
@@ -178,4 +171,14 @@ def run(args: argparse.Namespace) -> int:
                     bits.append(f"{f.lufs:.1f} LUFS")
                 extra = "  (" + ", ".join(bits) + ")" if bits else ""
             print(f"{take.path}  seed {take.seed}, {take.duration:.2f} s{extra}")
+    if live is not None:
+        # After the summary, so the paths are on screen (and in --json output) while the takes
+        # play out, and a missing audio device costs nothing that was made.
+        from samplemind_gen.playback import play_blocking
+
+        sys.stdout.flush()
+        streamed = live.finish()
+        for i, take in enumerate(takes):
+            if not (i == 0 and streamed):
+                play_blocking(take.audio, take.sample_rate)
     return 0
