@@ -15,7 +15,7 @@ from textual.widgets import Input
 from samplemind_gen.service import AudioEngineWithGeneration
 from samplemind_gen.settings import Settings
 from samplemind_gen.tui.app import SampleMindApp
-from samplemind_gen.tui.messages import GenerationProgress, ModelLoaded, TakeReady
+from samplemind_gen.tui.messages import GenerationProgress, LivePeaks, ModelLoaded, TakeReady
 from samplemind_gen.tui.screens.error import ErrorScreen
 from samplemind_gen.tui.screens.export import ExportScreen
 from samplemind_gen.tui.widgets.take_list import TakeList
@@ -106,6 +106,28 @@ async def test_prompt_and_enter_make_a_take_with_waveform_and_analysis(make_app)
         generating = [p for p in progress if p.stage == "generating"]
         assert generating[-1].step == generating[-1].total  # the last step is never dropped
         assert len(generating) < generating[-1].total or generating[-1].total < 5  # throttled
+
+
+async def test_the_waveform_grows_while_the_take_is_generated(make_app):
+    messages = Recorder()
+    app = make_app(duration=2.5)
+    async with app.run_test(size=SIZE, message_hook=messages) as pilot:
+        await settle(pilot)
+        await submit(pilot, "lofi drums")
+        take = takes_of(app).selected
+    live = messages.of(LivePeaks)
+    # Chunks at 0.4 s, then every second: several pictures before the take was ready, each on
+    # the take's whole time axis, filling up to all of it.
+    assert len(live) >= 3
+    assert all(m.peaks.duration == pytest.approx(2.5) for m in live)
+    filled = [m.seconds for m in live]
+    assert filled == sorted(filled) and filled[0] < 1.0 and filled[-1] == pytest.approx(2.5)
+    order = [type(m) for m in messages]
+    assert order.index(LivePeaks) < order.index(TakeReady)
+    # The last picture is the take's own envelope.
+    from samplemind_gen.tui.widgets.waveform import compute_peaks
+
+    assert live[-1].peaks.channels == compute_peaks(take.audio, take.sample_rate).channels
 
 
 async def test_roll_again_gives_a_new_seed_and_a_locked_seed_repeats(make_app):

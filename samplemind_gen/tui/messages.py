@@ -63,6 +63,15 @@ class TakeReady(Message):
         self.peaks = peaks
 
 
+class LivePeaks(Message):
+    """The waveform of the take being generated, so far (posted as its audio chunks arrive)."""
+
+    def __init__(self, peaks: Peaks, seconds: float) -> None:
+        super().__init__()
+        self.peaks = peaks
+        self.seconds = seconds  # how much of the take has arrived
+
+
 class DownloadProgress(Message):
     """A (throttled) byte progress report from a model download."""
 

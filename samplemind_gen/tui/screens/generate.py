@@ -10,7 +10,7 @@ import gc
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -30,6 +30,7 @@ from samplemind_gen.service import AudioEngineWithGeneration
 from samplemind_gen.take import Take
 from samplemind_gen.tui.messages import (
     GenerationProgress,
+    LivePeaks,
     ModelLoaded,
     ModelLoading,
     ModelNotDownloaded,
@@ -42,7 +43,7 @@ from samplemind_gen.tui.widgets.params_panel import ParamsPanel
 from samplemind_gen.tui.widgets.prompt_input import PromptInput
 from samplemind_gen.tui.widgets.status_line import StatusLine
 from samplemind_gen.tui.widgets.take_list import TakeList
-from samplemind_gen.tui.widgets.waveform import Peaks, Waveform, compute_peaks
+from samplemind_gen.tui.widgets.waveform import GrowingPeaks, Peaks, Waveform, compute_peaks
 
 if TYPE_CHECKING:
     from samplemind_gen.tui.app import SampleMindApp
@@ -96,6 +97,8 @@ class GenerateScreen(Screen[None]):
         self._model: ResolvedModel | None = None
         # The take being played while it is generated (settings.play_while_generating).
         self._live: LivePlayback | None = None
+        # The waveform shows the take being generated until the producer picks another take.
+        self._showing_live = False
 
     @property
     def session(self) -> SampleMindApp:
@@ -245,6 +248,7 @@ class GenerateScreen(Screen[None]):
             service = session.service
             live = LivePlayback(lambda: service.load(model).sample_rate)
         self._live = live
+        self._showing_live = True
         self.generating = True
         self.query_one(StatusLine).show_job(f"{waiting}…")
         self.generate(session.service, requests, model, self._cancel, live)
@@ -267,13 +271,24 @@ class GenerateScreen(Screen[None]):
             self.post_message(GenerationProgress(progress))
 
         report = Throttle(post)
+        sketch: list[GrowingPeaks] = []
+
+        def on_audio(chunk: Any, start: int) -> None:
+            """The first take's audio as it is made: to the speakers, and to the waveform."""
+            if live is not None:
+                live.on_audio(chunk, start)
+            if not sketch:
+                rate = service.load(model).sample_rate
+                sketch.append(
+                    GrowingPeaks(chunk.shape[1], round(requests[0].duration * rate), rate)
+                )
+            growing = sketch[0]
+            peaks = growing.add(chunk[0], start)
+            self.post_message(LivePeaks(peaks, growing.filled / growing.sample_rate))
+
         try:
             takes = service.generate_blocking(
-                requests,
-                model=model,
-                on_progress=report,
-                cancel=cancel,
-                on_audio=live.on_audio if live is not None else None,
+                requests, model=model, on_progress=report, cancel=cancel, on_audio=on_audio
             )
         except BaseException:
             if live is not None:
@@ -284,6 +299,18 @@ class GenerateScreen(Screen[None]):
         peaks = {take.id: compute_peaks(take.audio, take.sample_rate) for take in takes}
         self.post_message(TakeReady(takes, peaks))
         return takes
+
+    def on_live_peaks(self, message: LivePeaks) -> None:
+        if not self.generating or self._cancel.is_set() or not self._showing_live:
+            return
+        waveform = self.query_one(Waveform)
+        waveform.peaks = message.peaks
+        waveform.border_title = (
+            f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
+        )
+        live = self._live
+        if live is not None and live.playing and self._playhead_timer is None:
+            self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
 
     def on_generation_progress(self, message: GenerationProgress) -> None:
         if self.generating and not self._cancel.is_set():
@@ -347,6 +374,7 @@ class GenerateScreen(Screen[None]):
     # ---------------------------------------------------------- takes, playback
     @on(TakeList.TakeHighlighted)
     def _take_highlighted(self, event: TakeList.TakeHighlighted) -> None:
+        self._showing_live = False
         self._show(event.take)
         if self._is_playing():  # A/B: moving while playing plays the new take
             self._play(event.take)

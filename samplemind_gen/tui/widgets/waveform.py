@@ -46,6 +46,24 @@ def compute_peaks(audio: np.ndarray, sample_rate: int, buckets: int = DEFAULT_BU
     return Peaks(tuple(tuple(row.tolist()) for row in peaks), n / sample_rate)
 
 
+class GrowingPeaks:
+    """The envelope of a take that is still being generated: audio chunks are written into a
+    buffer of the take's full length (silence where nothing has come yet), so the waveform has
+    its final time axis from the first chunk on. Use it off the UI thread."""
+
+    def __init__(self, channels: int, total_samples: int, sample_rate: int) -> None:
+        self.audio = np.zeros((channels, max(0, total_samples)), dtype=np.float32)
+        self.sample_rate = sample_rate
+        self.filled = 0
+
+    def add(self, chunk: np.ndarray, start: int) -> Peaks:
+        """Write (channels, n) audio at `start`; returns the envelope so far."""
+        piece = np.atleast_2d(chunk)[:, : max(0, self.audio.shape[1] - start)]
+        self.audio[: piece.shape[0], start : start + piece.shape[1]] = piece
+        self.filled = max(self.filled, start + piece.shape[1])
+        return compute_peaks(self.audio, self.sample_rate)
+
+
 @lru_cache(maxsize=32)
 def _columns(peaks: Peaks, width: int) -> tuple[tuple[float, ...], ...]:
     """The envelope resampled to `width` columns (max of the buckets under each column)."""
