@@ -42,6 +42,7 @@ class Settings:
     filename_template: str = "{prompt_slug}_{seed}"
     prompt_history: list[str] = field(default_factory=list)
     play_while_generating: bool = True
+    quantize: str | None = None  # MusicGen on CPU: "int8" or "int4" (None: the dtype default)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:
@@ -109,6 +110,7 @@ _OPTIONAL_TYPES: dict[str, type] = {
     "seed": int,
     "steps": int,
     "export_folder": str,
+    "quantize": str,
 }
 
 

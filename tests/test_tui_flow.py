@@ -432,3 +432,20 @@ async def test_model_picker_downloads_a_model_with_progress_then_uses_it(
             assert "model ready" in str(app.screen.query_one("#model-status").render())
             await submit(pilot, "downloaded model")
             assert takes_of(app).selected.recipe.model.endswith("musicgen-small")
+
+
+async def test_a_remembered_quantize_setting_loads_the_model_in_that_mode(tiny_musicgen):
+    messages = Recorder()
+    app = SampleMindApp(
+        model=str(tiny_musicgen),
+        settings=Settings(duration=0.3, quantize="int8", play_while_generating=False),
+    )
+    async with app.run_test(size=SIZE, message_hook=messages) as pilot:
+        await settle(pilot)
+        assert "float16+int8" in str(app.screen.query_one("#model-status").render())
+        await submit(pilot, "lofi drums")
+        take = takes_of(app).selected
+    assert [m.dtype for m in messages.of(ModelLoaded)] == ["float16+int8"]
+    assert take is not None and take.recipe.dtype == "float16+int8"
+    # An unknown value in a hand-edited settings file is ignored, not fatal.
+    assert SampleMindApp(settings=Settings(quantize="int3")).service.options.quantize is None

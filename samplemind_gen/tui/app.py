@@ -100,7 +100,14 @@ class SampleMindApp(App[None]):
         super().__init__()
         self.settings = settings if settings is not None else Settings.load()
         self.model = model or self.settings.model or DEFAULT_MODEL
-        self.service = service or AudioEngineWithGeneration()
+        if service is None:
+            from samplemind_gen.engines.base import LoadOptions
+
+            quantize = (
+                self.settings.quantize if self.settings.quantize in ("int8", "int4") else None
+            )
+            service = AudioEngineWithGeneration(LoadOptions(quantize=quantize))
+        self.service = service
         self.player = Player()
 
     def run(self, *args: Any, **kwargs: Any) -> None:
