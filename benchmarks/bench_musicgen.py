@@ -2,7 +2,7 @@
 each of samplemind-gen's modes, on the real musicgen-small architecture with random weights.
 
     .venv/bin/python benchmarks/bench_musicgen.py                       # 2.5 s takes, 3 rounds
-    .venv/bin/python benchmarks/bench_musicgen.py --duration 10 --rounds 5
+    .venv/bin/python benchmarks/bench_musicgen.py --duration 8 --modes baseline,bf16,bf16-plain,fp16,int8,int4
     .venv/bin/python benchmarks/bench_musicgen.py --modes baseline,fp32,fp32-hf,bf16,bf16-hf
 
 Each mode lives in its own worker process (so each peak RSS is that mode's alone), all loaded up
@@ -10,9 +10,9 @@ front; the parent then runs round 1 of every mode, round 2 of every mode, ... on
 This machine's CPU speed drifts several-fold minute to minute, so numbers are medians over rounds,
 and speedups are medians of per-round ratios against the baseline run in the same round.
 
-Modes: baseline (transformers generate, fp32), fp32, bf16, fp16 (fp16 weights packed for fbgemm,
-fp32 math: the CPU default where there is no native bf16), int8 (ours, streaming on, CFG 3), and
-"-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
+Modes: baseline (transformers generate, fp32), fp32, bf16 (oneDNN-packed where the CPU has native
+bf16), fp16 (fp16 weights packed for fbgemm, fp32 math: the CPU default where there is no native
+bf16), int8, int4 (ours, streaming on, CFG 3), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
 and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), and "bf16-plain": our
 loop over plain bf16 modules (what bf16 is without oneDNN weight packing).
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
@@ -215,7 +215,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--duration", type=float, default=2.5, help="seconds of audio per take")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--modes", default="baseline,bf16,fp16,int8")
+    ap.add_argument("--modes", default="baseline,bf16,int8,int4")
     ap.add_argument("--json", type=Path, default=None, help="also write all rounds here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
