@@ -25,8 +25,7 @@ PushFunction = Callable[..., "np.ndarray | None"]
 class ChunkedAudioDecoder:
     """Feeds complete code frames in, calls `on_audio` with decoded audio chunks.
 
-    The first chunk is short (time-to-first-sound), later ones double up to `chunk_frames`
-    (less overhead per second of audio)."""
+    The first chunk is short (time-to-first-sound), later ones longer (less overhead)."""
 
     def __init__(
         self,
@@ -36,7 +35,7 @@ class ChunkedAudioDecoder:
         hop: int,
         total_samples: int,
         first_chunk_frames: int = 12,
-        chunk_frames: int = 100,
+        chunk_frames: int = 50,
     ) -> None:
         self.push = push
         self.on_audio = on_audio
@@ -57,10 +56,7 @@ class ChunkedAudioDecoder:
 
     def frames_needed(self) -> int:
         """Complete frames needed before the next chunk is decoded."""
-        # 12, 24, 48, 96, then `chunk_frames`: the first sound comes early, and the longer
-        # chunks after it cost less per second of audio (EnCodec's convolutions and LSTM run
-        # faster over longer stretches: 0.99 s instead of 1.14 s per 8 s at 100 vs 50 frames).
-        size = min(self.chunk_frames, self.first_chunk_frames << self.chunks)
+        size = self.first_chunk_frames if self.chunks == 0 else self.chunk_frames
         if self.chunks == 0:
             return size + LOOKAHEAD_FRAMES + HALO_FRAMES
         return self.pushed_frames + size
