@@ -33,7 +33,23 @@ from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path("/tmp/musicgen-small-arch")
 PROMPT = "warm dusty lofi hip hop drums with a deep bass and vinyl crackle"
-MODES = ("baseline", "fp32", "bf16", "fp16", "int8", "int4", "bf16-plain", "bf16-hf", "fp32-hf")
+MODES = (
+    "baseline",
+    "fp32",
+    "bf16",
+    "fp16",
+    "int8",
+    "int4",
+    "bf16-plain",
+    "bf16-hf",
+    "fp32-hf",
+    # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
+    # the decode step in a CUDA graph. Compare cuda-* modes with cuda-baseline.
+    "cuda-baseline",
+    "cuda-baseline16",
+    "cuda-fp16",
+    "cuda-bf16",
+)
 
 
 # ------------------------------------------------------------------------------------- worker
@@ -72,13 +88,22 @@ def worker(mode: str, checkpoint: Path) -> None:
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    if mode == "baseline":
+    cuda = mode.startswith("cuda-")
+    if mode in ("baseline", "cuda-baseline", "cuda-baseline16"):
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-        model = MusicgenForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
-        model.eval()
+        dtype = torch.float16 if mode == "cuda-baseline16" else torch.float32
+        model = MusicgenForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype)
+        model.to("cuda" if cuda else "cpu").eval()
         processor = AutoProcessor.from_pretrained(checkpoint)
         run = baseline_runner(model, processor)
+    elif cuda:
+        from samplemind_gen.catalog import resolve_model
+        from samplemind_gen.engines import LoadOptions, load_engine
+
+        dtype = "float16" if mode == "cuda-fp16" else "bfloat16"
+        engine = load_engine(resolve_model(str(checkpoint)), LoadOptions("cuda", dtype))
+        run = engine_runner(engine)
     else:
         from samplemind_gen.catalog import resolve_model
         from samplemind_gen.engines import LoadOptions, load_engine
@@ -103,7 +128,13 @@ def worker(mode: str, checkpoint: Path) -> None:
     print(json.dumps({"ready": mode, **loaded}), flush=True)
     for line in sys.stdin:
         duration = float(line)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         result = run(duration)
+        if cuda:
+            torch.cuda.synchronize()
+            result["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result.update(loaded, peak_rss_mb=vm_hwm_mb(), mode=mode, duration=duration)
         print(json.dumps(result), flush=True)
 
@@ -114,21 +145,28 @@ def baseline_runner(model, processor):  # type: ignore[no-untyped-def]
     frame_rate = model.config.audio_encoder.sampling_rate / 640
     codebooks = model.decoder.num_codebooks
 
+    device = model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
     def run(duration: float) -> dict:
         steps = round(duration * frame_rate) + codebooks - 1
-        inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
+        inputs = processor(text=[PROMPT], padding=True, return_tensors="pt").to(device)
+        sync()
         t0 = time.perf_counter()
         model.text_encoder(**inputs)
+        sync()
         t_text = time.perf_counter() - t0
-        codes = torch.randint(0, 2048, (1, 1, codebooks, steps - codebooks + 1))
+        codes = torch.randint(0, 2048, (1, 1, codebooks, steps - codebooks + 1), device=device)
         t0 = time.perf_counter()
         model.audio_encoder.decode(codes, audio_scales=[None])
+        sync()
         t_codec = time.perf_counter() - t0
         torch.manual_seed(0)
         t0 = time.perf_counter()
         model.generate(
             **inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=steps
         )
+        sync()
         total = time.perf_counter() - t0
         # generate = T5 + decode steps + EnCodec; T5 and EnCodec timed alone just before.
         decode = max(1e-9, total - t_text - t_codec)
@@ -277,7 +315,7 @@ def main() -> int:
 
 
 def report(info: dict, modes: list[str], results: dict[str, list[dict]], duration: float) -> None:
-    base = results.get("baseline")
+    cpu_base, cuda_base = results.get("baseline"), results.get("cuda-baseline")
     print()
     print(
         f"musicgen-small architecture, CFG 3, {duration:g} s takes, {len(next(iter(results.values())))} "
@@ -286,18 +324,19 @@ def report(info: dict, modes: list[str], results: dict[str, list[dict]], duratio
     )
     header = (
         "| mode | ms/step | speedup vs baseline | real-time factor | text encoder s | EnCodec s "
-        "| first sound s | peak RSS generating MB | peak RSS loading MB |"
+        "| first sound s | peak RSS generating MB | peak RSS loading MB | peak VRAM MB |"
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for mode in modes:
         rows = results[mode]
         ms = median([r["ms_per_step"] for r in rows])
-        if base and mode != "baseline":
+        base = cuda_base if mode.startswith("cuda-") else cpu_base
+        if base and mode not in ("baseline", "cuda-baseline"):
             ratios = [b["ms_per_step"] / r["ms_per_step"] for b, r in zip(base, rows, strict=False)]
             speed = f"{median(ratios):.2f}x"
         else:
-            speed = "1.00x" if mode == "baseline" else "-"
+            speed = "1.00x" if mode in ("baseline", "cuda-baseline") else "-"
         rtf = median([r["total_s"] / r["duration"] for r in rows])
         print(
             f"| {mode} | {ms:.1f} | {speed} | {rtf:.2f} | "
@@ -305,7 +344,8 @@ def report(info: dict, modes: list[str], results: dict[str, list[dict]], duratio
             f"{median([r['audio_decoder_s'] for r in rows]):.3f} | "
             f"{median([r['first_audio_s'] for r in rows]):.2f} | "
             f"{max(r['peak_rss_mb'] for r in rows):.0f} | "
-            f"{max(r['peak_rss_load_mb'] for r in rows):.0f} |"
+            f"{max(r['peak_rss_load_mb'] for r in rows):.0f} | "
+            f"{vram(rows)} |"
         )
     print(
         "\nreal-time factor = wall time of the whole take / its duration (<= 1 is real time); "
@@ -313,6 +353,11 @@ def report(info: dict, modes: list[str], results: dict[str, list[dict]], duratio
         "peak RSS generating = VmHWM reset after loading; loading peak counts the mmapped "
         "checkpoint pages that transformers touches while loading."
     )
+
+
+def vram(rows: list[dict]) -> str:
+    peaks = [r["peak_vram_mb"] for r in rows if "peak_vram_mb" in r]
+    return f"{max(peaks):.0f}" if peaks else "-"
 
 
 if __name__ == "__main__":
