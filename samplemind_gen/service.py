@@ -59,8 +59,11 @@ class AudioEngineWithGeneration:
         model: str | ResolvedModel | None = None,
         *,
         on_progress: ProgressCallback | None = None,
+        warm_up: bool = False,
     ) -> Engine:
-        """Load (or reuse) the engine for `model`. Blocking; call it from a worker thread."""
+        """Load (or reuse) the engine for `model`. Blocking; call it from a worker thread.
+        `warm_up`: a newly loaded engine makes one short throw-away take first (engines that
+        have `warm_up`), still under the lock, so no generation can start on it meanwhile."""
         from samplemind_gen.engines import load_engine
 
         resolved = self.resolve(model)
@@ -69,6 +72,8 @@ class AudioEngineWithGeneration:
             engine = self._engines.get(key)
             if engine is None:
                 engine = load_engine(resolved, self.options, on_progress=on_progress)
+                if warm_up and hasattr(engine, "warm_up"):
+                    engine.warm_up()
                 self._engines[key] = engine
                 self.load_count += 1
         return engine

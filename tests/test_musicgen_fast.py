@@ -416,3 +416,15 @@ def test_folding_encodec_weight_norm_leaves_the_audio_unchanged(tiny_musicgen: P
     assert fold_weight_norm(model.audio_encoder.decoder) == 0  # nothing left to fold
     after = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_warm_up_take_leaves_later_takes_unchanged(tiny_musicgen: Path):
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    service = AudioEngineWithGeneration(LoadOptions(device="cpu", dtype="float32"), analyze=False)
+    engine = service.load(str(tiny_musicgen), warm_up=True)
+    assert engine.last_stream is not None  # the throw-away take went all the way through
+    assert service.load(str(tiny_musicgen), warm_up=True) is engine and service.load_count == 1
+    fresh = load(tiny_musicgen, device="cpu", dtype="float32")
+    req = [GenerationRequest(PROMPT, duration=0.3, seed=2)]
+    np.testing.assert_array_equal(engine.generate(req)[0].audio, fresh.generate(req)[0].audio)
