@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from samplemind_gen.errors import BadInputError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+QUANTIZE_MODES = ("int8", "int4")  # `LoadOptions.quantize`: MusicGen decoder weights on CPU
+
+
+def quantized_cpu_dtype(quantize: str) -> str:
+    """The dtype a quantized MusicGen loads in on CPU, as its recipe records it: int8 runs fp32
+    math over fp16-loaded weights (`float16+int8`), int4 bf16 math (`bfloat16+int4`)."""
+    return "bfloat16" if quantize == "int4" else "float16"
 
 
 def pick_device(device: str = "auto") -> str:
@@ -46,6 +54,7 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+@lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 / AMX), where bf16 is a real win."""
     try:

@@ -269,7 +269,7 @@ class LivePlayback:
             raise self.error
         if self.player is None:
             return False
-        self.player.finish()
+        self.done_feeding()
         self.player.wait()
         return True
 

@@ -57,10 +57,11 @@ def expected_identity(
         except SampleMindError:
             return None
         if service.options.quantize and resolved.spec.family == "musicgen":
-            base = dtype  # as MusicGenEngine.load packs it
-            if device == "cpu":
-                base = "bfloat16" if service.options.quantize == "int4" else "float16"
-            dtype = f"{base}+{service.options.quantize}"
+            from samplemind_gen.devices import quantized_cpu_dtype
+
+            quantize = service.options.quantize
+            base = quantized_cpu_dtype(quantize) if device == "cpu" else dtype
+            dtype = f"{base}+{quantize}"
     return take_identity(
         prompt=request.prompt,
         model=resolved.spec.repo_id,

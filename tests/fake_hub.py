@@ -236,12 +236,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self.hub.requests.append(LoggedRequest(self.role, self.command, path, file, headers))
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+    def _headers(self, status: int, headers: dict[str, str], length: int) -> None:
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        self._headers(status, headers, len(body))
         if self.command != "HEAD":
             self.wfile.write(body)
 
@@ -436,18 +439,10 @@ class _Handler(BaseHTTPRequestHandler):
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
         if self.command == "HEAD":
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+            self._headers(status, headers, len(body))
             return
         if fault is not None and fault.kind == "cut":
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+            self._headers(status, headers, len(body))
             sent = body[: fault.after]
             self.wfile.write(sent)
             self.wfile.flush()
@@ -457,11 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         if fault is not None and fault.kind == "slow":
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+            self._headers(status, headers, len(body))
             with contextlib.suppress(OSError):  # the client may hang up (cancel)
                 for i in range(0, len(body), 1 << 16):
                     self.wfile.write(body[i : i + (1 << 16)])

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from samplemind_gen.devices import QUANTIZE_MODES
 from samplemind_gen.errors import BadInputError
 
 
@@ -25,7 +26,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument(
         "--quantize",
-        choices=["int8", "int4"],
+        choices=QUANTIZE_MODES,
         default=None,
         help="MusicGen decoder weights on CPU: int8 (fast, close to bf16) or int4 (fastest, "
         "lossy: check by ear)",

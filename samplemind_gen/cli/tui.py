@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from samplemind_gen.devices import QUANTIZE_MODES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tui", help="open the terminal app (the default with no command)")
     p.add_argument("--model", help="model to start with (catalog name, Hub repo id or folder)")
     p.add_argument(
         "--quantize",
-        choices=["int8", "int4", "none"],
+        choices=[*QUANTIZE_MODES, "none"],
         default=None,
         help="MusicGen decoder weights on CPU (remembered): int8, int4, or none for the default",
     )

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.catalog import ModelSpec
-from samplemind_gen.devices import cpu_supports_bf16, pick_device, pick_dtype, torch_dtype
+from samplemind_gen.devices import (
+    cpu_supports_bf16,
+    pick_device,
+    pick_dtype,
+    quantized_cpu_dtype,
+    torch_dtype,
+)
 from samplemind_gen.engines.base import LoadOptions, ProgressCallback, check_cancel, fit_length
 from samplemind_gen.engines.encodec_windows import WindowedDecoder
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder, CudaGraphStep
@@ -132,8 +138,8 @@ class MusicGenEngine:
         packed: str | None = None
         if options.quantize:
             packed = options.quantize
-            if on_cpu:  # int8: fp32 math over fp16-loaded weights; int4: bf16 math
-                dtype = "bfloat16" if options.quantize == "int4" else "float16"
+            if on_cpu:
+                dtype = quantized_cpu_dtype(options.quantize)
         elif on_cpu and dtype == "float16":
             packed = "float16"
         elif on_cpu and dtype == "bfloat16" and options.pack and onednn_bf16_available():

@@ -22,9 +22,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+from torch import nn
+
 from samplemind_gen.errors import BadInputError
 
-MODES = ("int8", "int4")
 PACKED = ("int8", "int4", "float16", "bfloat16")
 INT4_GROUP = 32  # weights per scale/zero pair: 8% output error on Gaussian weights (128: 10%)
 
@@ -32,7 +34,6 @@ INT4_GROUP = 32  # weights per scale/zero pair: 8% output error on Gaussian weig
 def onednn_bf16_available() -> bool:
     """True when oneDNN can pack bf16 linear weights here (a CPU build with mkldnn and a CPU with
     native bf16: AVX512-BF16 or AMX)."""
-    import torch
 
     from samplemind_gen.devices import cpu_supports_bf16
 
@@ -52,7 +53,6 @@ class OneDNNLinear:
     (2 rows). The packed tensor replaces the weight (same size), so memory does not grow."""
 
     def __init__(self, linear: Any) -> None:
-        import torch
 
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
@@ -71,7 +71,6 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
     weights; "float16": fp16 weights), one transformer layer at a time so peak memory stays at
     the loaded model plus one fp32 layer. The rest of the decoder (embeddings, layer norms) is
     switched to fp32, which the packed layers take and return."""
-    import torch
 
     if mode not in PACKED:
         raise BadInputError(f"unknown quantization '{mode}'; use int8 or int4")
@@ -101,7 +100,6 @@ class Int4Linear:
     random weights, so this is an opt-in mode to check by ear."""
 
     def __init__(self, linear: Any, group: int = INT4_GROUP) -> None:
-        import torch
 
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
@@ -142,7 +140,6 @@ def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
     (`OneDNNLinear`, mode "bfloat16") or 4-bit (`Int4Linear`, mode "int4"; the LM heads stay
     bf16, and so does any layer whose shape the int4 kernel cannot take). Activations are bf16;
     embeddings and layer norms are untouched."""
-    import torch
 
     onednn = onednn_bf16_available()
 
@@ -154,7 +151,7 @@ def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
     def swap(parent: Any, name: str) -> None:
         packed = kernel(getattr(parent, name))
         if packed is not None:
-            setattr(parent, name, _PackedModule(packed))
+            setattr(parent, name, PackedModule(packed))
 
     decoder = model.decoder
     decoder.to(torch.bfloat16)
@@ -168,47 +165,31 @@ def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
         swap(layer, "fc2")
     if onednn:
         for i in range(len(decoder.lm_heads)):
-            decoder.lm_heads[i] = _PackedModule(OneDNNLinear(decoder.lm_heads[i]))
+            decoder.lm_heads[i] = PackedModule(OneDNNLinear(decoder.lm_heads[i]))
     release_freed_memory()
 
 
-def _packed_module_class() -> Any:
-    from torch import nn
+class PackedModule(nn.Module):
+    """Holds a packed kernel (`OneDNNLinear`, `Int4Linear`) where an `nn.Linear` was, so module
+    code (transformers' forward, `.to()`, repr) still works; `CachedDecoder` calls `kernel`."""
 
-    class PackedModule(nn.Module):
-        """Holds a packed kernel where an `nn.Linear` was, so module code (transformers'
-        forward, `.to()`, repr) still works; `CachedDecoder` calls `kernel` directly."""
+    def __init__(self, kernel: Any) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.in_features = kernel.in_features
+        self.out_features = kernel.out_features
 
-        def __init__(self, kernel: Any) -> None:
-            super().__init__()
-            self.kernel = kernel
-            self.in_features = kernel.in_features
-            self.out_features = kernel.out_features
+    def forward(self, x: Any) -> Any:
+        return self.kernel(x)
 
-        def forward(self, x: Any) -> Any:
-            return self.kernel(x)
-
-        def extra_repr(self) -> str:
-            kind = type(self.kernel).__name__
-            return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
-
-    return PackedModule
-
-
-def _PackedModule(kernel: Any) -> Any:  # noqa: N802 (a class made lazily: torch import)
-    global _PACKED_MODULE
-    if _PACKED_MODULE is None:
-        _PACKED_MODULE = _packed_module_class()
-    return _PACKED_MODULE(kernel)
-
-
-_PACKED_MODULE: Any = None
+    def extra_repr(self) -> str:
+        kind = type(self.kernel).__name__
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
 
 
 def pack_text_encoder(model: Any) -> None:
     """fp16 weights for the T5 text encoder's linear layers (a quarter of the fp32 memory it
     would take: ~170 MB less for t5-base), computed in fp32. Everything else goes to fp32."""
-    import torch
 
     encoder = model.text_encoder
     for block in encoder.encoder.block:
@@ -223,8 +204,6 @@ def _half_embeddings(encoder: Any) -> None:
     """The token embedding table in fp16 (t5-base: 32k x 768, 47 MB less), looked up and then
     widened to fp32, so the rest of the encoder sees what it saw before, up to fp16 rounding of
     the table (the same rounding its packed linear layers have)."""
-    import torch
-    from torch import nn
 
     modules = [m for m in (getattr(encoder, "shared", None), encoder.encoder.embed_tokens) if m]
     if not modules:
@@ -238,8 +217,6 @@ def _half_embeddings(encoder: Any) -> None:
 def fuse_qkv(attention: Any) -> None:
     """Replace `q_proj`, `k_proj`, `v_proj` of an attention module by one `qkv_proj` whose output
     is their three outputs side by side."""
-    import torch
-    from torch import nn
 
     q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
     fused = nn.Linear(
@@ -259,8 +236,6 @@ def fuse_qkv(attention: Any) -> None:
 
 def pack_linears(module: Any, mode: str) -> None:
     """`quantize_dynamic` every `nn.Linear` under `module`, in place."""
-    import torch
-    from torch import nn
     from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig
 
     qconfig = per_channel_dynamic_qconfig if mode == "int8" else float16_dynamic_qconfig
@@ -319,12 +294,18 @@ def is_quantized(module: Any) -> bool:
 
 def is_onednn_packed(module: Any) -> bool:
     """True when `module` holds oneDNN-packed bf16 linear layers."""
-    return any(isinstance(getattr(m, "kernel", None), OneDNNLinear) for m in module.modules())
+    return _holds(module, OneDNNLinear)
 
 
 def is_int4(module: Any) -> bool:
     """True when `module` holds 4-bit linear layers."""
-    return any(isinstance(getattr(m, "kernel", None), Int4Linear) for m in module.modules())
+    return _holds(module, Int4Linear)
+
+
+def _holds(module: Any, kernel: type) -> bool:
+    return any(
+        isinstance(m, PackedModule) and isinstance(m.kernel, kernel) for m in module.modules()
+    )
 
 
 def is_fused(decoder: Any) -> bool:

@@ -101,12 +101,12 @@ class SampleMindApp(App[None]):
         self.settings = settings if settings is not None else Settings.load()
         self.model = model or self.settings.model or DEFAULT_MODEL
         if service is None:
+            from samplemind_gen.devices import QUANTIZE_MODES
             from samplemind_gen.engines.base import LoadOptions
 
-            quantize = (
-                self.settings.quantize if self.settings.quantize in ("int8", "int4") else None
-            )
-            service = AudioEngineWithGeneration(LoadOptions(quantize=quantize))
+            quantize = self.settings.quantize
+            options = LoadOptions(quantize=quantize if quantize in QUANTIZE_MODES else None)
+            service = AudioEngineWithGeneration(options)
         self.service = service
         self.player = Player()
 

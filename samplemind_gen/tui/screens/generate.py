@@ -309,6 +309,10 @@ class GenerateScreen(Screen[None]):
         waveform.border_title = (
             f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
         )
+        self._follow_live_playhead()
+
+    def _follow_live_playhead(self) -> None:
+        """Move the playhead with the take playing live, once its sound has started."""
         live = self._live
         if live is not None and live.playing and self._playhead_timer is None:
             self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
@@ -340,9 +344,8 @@ class GenerateScreen(Screen[None]):
             self.session.settings.play_while_generating = False
             self.session.show_failure(live.error, "live playback off")
             self._live = None
-        elif live is not None and live.playing and self._playhead_timer is None:
-            # The take is still playing out: the playhead follows it on the new waveform.
-            self._playhead_timer = self.set_interval(1 / PLAYHEAD_FPS, self._move_playhead)
+        else:  # a take still playing out: the playhead follows it on the new waveform
+            self._follow_live_playhead()
 
     def action_cancel(self) -> None:
         if self.generating:
