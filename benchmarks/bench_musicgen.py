@@ -49,6 +49,10 @@ MODES = (
     "cuda-baseline16",
     "cuda-fp16",
     "cuda-bf16",
+    # ours in fp16 with only the decoder step graphed (sampling in Python, as before the
+    # whole-step graph), and with the step compiled by Inductor before capture
+    "cuda-fp16-stepgraph",
+    "cuda-fp16-compile",
 )
 
 
@@ -101,8 +105,12 @@ def worker(mode: str, checkpoint: Path) -> None:
         from samplemind_gen.catalog import resolve_model
         from samplemind_gen.engines import LoadOptions, load_engine
 
-        dtype = "float16" if mode == "cuda-fp16" else "bfloat16"
-        engine = load_engine(resolve_model(str(checkpoint)), LoadOptions("cuda", dtype))
+        _, precision, *variant = mode.split("-")
+        dtype = "float16" if precision == "fp16" else "bfloat16"
+        options = LoadOptions("cuda", dtype, compile=variant == ["compile"])
+        engine = load_engine(resolve_model(str(checkpoint)), options)
+        if variant == ["stepgraph"]:  # the decoder step alone in a graph, sampling outside
+            engine.graph_whole_step = False
         run = engine_runner(engine)
     else:
         from samplemind_gen.catalog import resolve_model
@@ -241,6 +249,7 @@ def machine() -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -253,6 +262,13 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--duration", type=float, default=2.5, help="seconds of audio per take")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--warmup-duration",
+        type=float,
+        default=0.3,
+        help="the untimed first take of each mode (cuda-fp16-compile: use --duration, so the "
+        "compile happens there)",
+    )
     ap.add_argument("--modes", default="baseline,bf16,int8,int4")
     ap.add_argument("--json", type=Path, default=None, help="also write all rounds here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -281,26 +297,39 @@ def main() -> int:
             )
             workers[mode] = p
             assert p.stdout is not None
-            loads[mode] = json.loads(p.stdout.readline())
+            line = p.stdout.readline()
+            if not line:
+                raise SystemExit(f"{mode}: the worker failed to load (its error is above)")
+            loads[mode] = json.loads(line)
             print(f"loaded {mode}: {loads[mode]['load_s']:.1f} s", flush=True)
         results: dict[str, list[dict]] = {m: [] for m in modes}
 
-        def ask(mode: str, duration: float) -> dict:
+        def ask(mode: str, duration: float) -> dict | None:
+            """One take from `mode`'s worker; None (and the mode dropped) if the worker died."""
             p = workers[mode]
             assert p.stdin is not None and p.stdout is not None
-            p.stdin.write(f"{duration}\n")
-            p.stdin.flush()
-            return json.loads(p.stdout.readline())
+            try:
+                p.stdin.write(f"{duration}\n")
+                p.stdin.flush()
+                return json.loads(p.stdout.readline())
+            except (OSError, ValueError):
+                print(f"{mode}: the worker failed (its error is above); dropping it", flush=True)
+                modes.remove(mode)
+                del results[mode]
+                return None
 
-        for mode in modes:  # warm-up (first-call allocations, oneDNN kernel choice)
-            ask(mode, 0.3)
+        for mode in list(modes):  # warm-up (first-call allocations, oneDNN kernel choice)
+            ask(mode, args.warmup_duration)
         for r in range(args.rounds):
-            for mode in modes:
+            for mode in list(modes):
                 res = ask(mode, args.duration)
+                if res is None:
+                    continue
                 results[mode].append(res)
                 print(
                     f"round {r + 1} {mode:9s} {res['ms_per_step']:7.1f} ms/step  "
-                    f"total {res['total_s']:6.1f} s  first sound {res['first_audio_s']:5.2f} s",
+                    f"total {res['total_s']:6.1f} s  first sound {res['first_audio_s']:5.2f} s"
+                    + (f"  VRAM {res['peak_vram_mb']:.0f} MB" if "peak_vram_mb" in res else ""),
                     flush=True,
                 )
     finally:
@@ -319,7 +348,8 @@ def report(info: dict, modes: list[str], results: dict[str, list[dict]], duratio
     print()
     print(
         f"musicgen-small architecture, CFG 3, {duration:g} s takes, {len(next(iter(results.values())))} "
-        f"rounds; {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
+        f"rounds; {info.get('gpu') or ''} {info['cpu']}, {info['cores']} cores; "
+        f"torch {info['torch']}, "
         f"transformers {info['transformers']}; {info['date']}"
     )
     header = (

@@ -334,26 +334,96 @@ def test_streaming_a_stereo_batch(tiny_musicgen_stereo: Path):
         assert err <= 0.05 * np.sqrt(np.mean(take.audio**2)) + 1e-6
 
 
+def test_draw_is_torch_multinomial_without_the_sync():
+    """The graph-safe sampler picks exactly what torch.multinomial picks for the same seed."""
+    from samplemind_gen.engines.musicgen_sampling import draw, filter_logits
+
+    for seed in range(50):
+        logits = torch.randn(4, 2048, generator=torch.Generator().manual_seed(1000 + seed)) * 3
+        probs = filter_logits(logits, temperature=1.0, top_k=250, top_p=0.9).softmax(-1)
+        expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(draw(probs, torch.Generator().manual_seed(seed)), expected[:, 0])
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, {"top_p": 0.8, "temperature": 0.7}, {"guidance_scale": 1}]
+)
+def test_whole_step_that_cuda_graphs_capture_gives_the_same_take(musicgen_engine, settings):
+    """`TakeStep` (delay pattern, static decoder step, guidance, sampling and the id write, all on
+    device tensors: what `CudaTakeGraph` captures), run eagerly on the CPU, makes the same take
+    as the normal loop, seed for seed; a batch of two takes too."""
+    engine = musicgen_engine
+    reqs = [
+        GenerationRequest(PROMPT, duration=0.4, seed=9, **settings),
+        GenerationRequest("dub techno chords", duration=0.4, seed=10, **settings),
+    ]
+    expected = engine.generate(reqs)
+    engine.static_take_step = True
+    try:
+        takes = engine.generate(reqs)
+    finally:
+        engine.static_take_step = False
+    for a, b in zip(expected, takes, strict=True):
+        np.testing.assert_array_equal(a.audio, b.audio)
+
+
 @cuda
 def test_cuda_fp16_graphs_match_eager(tiny_musicgen: Path):  # pragma: no cover - GPU only
+    """The whole-step graph replays exactly what the same step computes eagerly on the GPU,
+    sampling included (the take's generators are registered with the graph)."""
     engine = load(tiny_musicgen, device="cuda")
     assert engine.dtype == "float16" and engine.use_cuda_graphs
+    assert engine.cached_decoder.fused  # q/k/v in one projection on CUDA
     req = [GenerationRequest(PROMPT, duration=0.5, seed=1)]
-    graphed = engine.generate(req, greedy=True)[0].audio
+    graphed = engine.generate(req)[0].audio
+    assert np.array_equal(engine.generate(req)[0].audio, graphed)  # same seed, same take
     engine.use_cuda_graphs = False
-    eager = engine.generate(req, greedy=True)[0].audio
+    engine.static_take_step = True
+    eager = engine.generate(req)[0].audio
     assert graphed.shape == eager.shape == (1, 16000)
     assert np.isfinite(graphed).all()
+    np.testing.assert_array_equal(graphed, eager)
+    engine.static_take_step = False
+    greedy = engine.generate(req, greedy=True)[0].audio  # the dynamic-shape eager step
+    engine.use_cuda_graphs = True
+    assert np.abs(engine.generate(req, greedy=True)[0].audio - greedy).max() < 0.05
 
 
 @cuda
-def test_cuda_bf16_streaming(tiny_musicgen: Path):  # pragma: no cover - GPU only
+def test_cuda_bf16_streaming_and_cancel(tiny_musicgen: Path):  # pragma: no cover - GPU only
+    import threading
+
+    from samplemind_gen.errors import GenerationCancelled
+
     engine = load(tiny_musicgen, device="cuda", dtype="bfloat16")
     chunks: list[np.ndarray] = []
     (take,) = engine.generate(
         [GenerationRequest(PROMPT, duration=0.5, seed=1)], on_audio=lambda c, s: chunks.append(c)
     )
     assert np.concatenate(chunks, axis=-1).shape[-1] == take.audio.shape[-1]
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(p: Progress) -> None:
+        if p.step:
+            seen.append(p.step)
+            if p.step == 5:
+                cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(
+            [GenerationRequest(PROMPT, duration=2.0, seed=1)], on_progress=progress, cancel=cancel
+        )
+    assert max(seen) == 5
+
+
+@cuda
+def test_cuda_compiled_step(tiny_musicgen: Path):  # pragma: no cover - GPU only
+    engine = load(tiny_musicgen, device="cuda", compile=True)
+    req = [GenerationRequest(PROMPT, duration=0.5, seed=1)]
+    compiled = engine.generate(req)[0].audio
+    assert compiled.shape == (1, 16000) and np.isfinite(compiled).all()
+    assert np.array_equal(engine.generate(req)[0].audio, compiled)
 
 
 def test_stream_player_plays_chunks_back_to_back_and_pads_underruns():

@@ -28,6 +28,9 @@ class LoadOptions:
     # CPU: pack weights for the fastest kernels (oneDNN bf16, fbgemm fp16). False keeps plain
     # modules (transformers' own forward works on them: the reference path in benchmarks).
     pack: bool = True
+    # CUDA, MusicGen: torch.compile the decode step (Inductor) before graph capture; the first
+    # take pays the compile.
+    compile: bool = False
     offload: bool | None = None  # diffusion: None = decide from free memory
 
 

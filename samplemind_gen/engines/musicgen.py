@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ from samplemind_gen.errors import BadInputError, ModelFilesError
 from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
 
 log = logging.getLogger(__name__)
+
+# CUDA take graphs: how many steps the host may queue ahead of the GPU.
+GRAPH_LOOKAHEAD = 4
 
 
 def cpu_default_dtype() -> str:
@@ -94,6 +98,13 @@ class MusicGenEngine:
         # "cached": our CachedDecoder; "transformers": the decoder's own forward (reference).
         self.decode_with = "cached"
         self.use_cuda_graphs = device.startswith("cuda")
+        # False: graph the decoder step alone (`CudaGraphStep`), sampling outside (benchmarks).
+        self.graph_whole_step = True
+        # CUDA: compile the decode step with Inductor before capture (LoadOptions.compile).
+        self.compile_step = False
+        # Run the graph's whole-step code eagerly (CPU test of what CUDA captures).
+        self.static_take_step = False
+        self._compiled_step: Any = None
         self.cached_decoder = CachedDecoder(model.decoder)
         if device == "cpu" and dtype != "float32" and cpu_supports_bf16():
             import torch
@@ -165,6 +176,11 @@ class MusicGenEngine:
             from samplemind_gen.engines.musicgen_quant import quantize_decoder
 
             quantize_decoder(model, packed, device)
+        elif device.startswith("cuda"):
+            from samplemind_gen.engines.musicgen_quant import fuse_qkv
+
+            for layer in model.decoder.model.decoder.layers:  # one kernel instead of three
+                fuse_qkv(layer.self_attn)
         # On CPU, EnCodec, the text projection and the text encoder run in fp32 (their weights
         # read back exactly from the checkpoint): they run once per take, T5 in bf16 measured
         # ~10x slower on a CPU without native bf16, and EnCodec in bf16 costs audible quality.
@@ -185,6 +201,7 @@ class MusicGenEngine:
             device=device,
             dtype=dtype,
         )
+        engine.compile_step = bool(options.compile) and device.startswith("cuda")
         from samplemind_gen.engines.musicgen_quant import release_freed_memory
 
         release_freed_memory()  # what loading and the fp32 restore left on the heap
@@ -364,36 +381,55 @@ class MusicGenEngine:
             ids, pad_token_id=self.start_token_id, max_length=steps + 1
         )
         cfg = request.guidance_scale > 1
-        step_fn = self._step_function(encoder_states, encoder_mask, steps, batch * k * (1 + cfg))
         first_column = frame_columns(delay_mask, k)
+        first_frame_column = int(first_column.max())
         # Preallocated id buffer: column 0 is the start token, one column per step after it.
         current = torch.empty((batch * k, steps + 1), dtype=torch.long, device=self.device)
         current[:, :1] = ids
+        sampling: dict[str, Any] = {
+            "greedy": greedy,
+            "temperature": request.temperature,
+            "top_k": request.top_k,
+            "top_p": request.top_p,
+            "generators": generators,
+            "rows_per_take": k,
+        }
+        take_graph = self._take_graph(
+            encoder_states, encoder_mask, steps, current, delay_mask, request, sampling
+        )
+        step_fn: Any = None
+        if take_graph is None:
+            step_fn = self._step_function(
+                encoder_states, encoder_mask, steps, batch * k * (1 + cfg)
+            )
+        in_flight: deque[Any] = deque()
+        on_cuda = self.device.startswith("cuda")
         started = time.perf_counter()
         try:
             for step in range(steps):
                 check_cancel(cancel)
-                step_ids = decoder.apply_delay_pattern_mask(current[:, : step + 1], delay_mask)[
-                    :, -1:
-                ]
-                if cfg:
-                    step_ids = step_ids.repeat((2, 1))
-                logits = step_fn(step_ids, step).to(dtype=torch.float32)
-                if cfg:
-                    logits = apply_guidance(logits, request.guidance_scale)
-                next_ids = choose_tokens(
-                    logits,
-                    greedy=greedy,
-                    temperature=request.temperature,
-                    top_k=request.top_k,
-                    top_p=request.top_p,
-                    generators=generators,
-                    rows_per_take=k,
-                )
-                current[:, step + 1] = next_ids
+                if take_graph is not None:
+                    take_graph.replay()
+                    if on_cuda:
+                        # Replays run ahead of the GPU by at most GRAPH_LOOKAHEAD steps: the GPU
+                        # never waits for Python; progress and cancel stay within a few ms.
+                        in_flight.append(torch.cuda.Event())
+                        in_flight[-1].record()
+                        if len(in_flight) > GRAPH_LOOKAHEAD:
+                            in_flight.popleft().synchronize()
+                else:
+                    step_ids = decoder.apply_delay_pattern_mask(current[:, : step + 1], delay_mask)[
+                        :, -1:
+                    ]
+                    if cfg:
+                        step_ids = step_ids.repeat((2, 1))
+                    logits = step_fn(step_ids, step).to(dtype=torch.float32)
+                    if cfg:
+                        logits = apply_guidance(logits, request.guidance_scale)
+                    current[:, step + 1] = choose_tokens(logits, **sampling)
                 if stream is not None and not stream.done:
                     columns = step + 2
-                    if columns - int(first_column.max()) >= stream.frames_needed():
+                    if columns - first_frame_column >= stream.frames_needed():
                         stream.feed(complete_frames(current[:, :columns], first_column, batch, k))
                 if on_progress:
                     done = step + 1
@@ -412,6 +448,32 @@ class MusicGenEngine:
             self.cached_decoder.end()
         final = decoder.apply_delay_pattern_mask(current, delay_mask)
         return final[final != self.pad_token_id].reshape(batch, k, -1)
+
+    def _take_graph(
+        self,
+        encoder_states: Any,
+        encoder_mask: Any,
+        steps: int,
+        current: Any,
+        delay_mask: Any,
+        request: GenerationRequest,
+        sampling: dict[str, Any],
+    ) -> Any:
+        """On CUDA, the whole step (decoder, guidance, sampling, id write) captured in one graph
+        (`musicgen_cuda`); None elsewhere, or where this torch cannot capture it."""
+        graphs = self.use_cuda_graphs and self.device.startswith("cuda") and self.graph_whole_step
+        if self.decode_with != "cached" or not (graphs or self.static_take_step):
+            return None
+        from samplemind_gen.engines.musicgen_cuda import TakeStep, capture_take_graph, compile_step
+
+        self.cached_decoder.begin(encoder_states, encoder_mask, steps)
+        if self.compile_step and self._compiled_step is None:
+            self._compiled_step = compile_step(self.cached_decoder)
+        args = (self.cached_decoder, current, delay_mask)
+        kw = {"guidance_scale": request.guidance_scale, "step": self._compiled_step, **sampling}
+        if not graphs:
+            return TakeStep(*args, **kw)
+        return capture_take_graph(*args, **kw)
 
     def _step_function(self, encoder_states: Any, encoder_mask: Any, steps: int, rows: int) -> Any:
         """`step(ids, position) -> logits (rows, vocab)` for the chosen decode path."""

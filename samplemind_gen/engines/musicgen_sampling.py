@@ -50,7 +50,17 @@ def choose_tokens(
     logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     probs = logits.softmax(dim=-1)
     picks = [
-        torch.multinomial(probs[i * rows_per_take : (i + 1) * rows_per_take], 1, generator=g)
+        draw(probs[i * rows_per_take : (i + 1) * rows_per_take], g)
         for i, g in enumerate(generators)
     ]
-    return torch.cat(picks, dim=0).squeeze(-1)
+    return torch.cat(picks, dim=0)
+
+
+def draw(probs: Any, generator: Any) -> Any:
+    """One index per row of `probs`, as `torch.multinomial(probs, 1, generator=...)` draws it
+    (its one-sample path: argmax of p / q with q ~ Exp(1); the same draws, tested), without
+    multinomial's host-side validity check, so it runs inside a CUDA graph with no sync."""
+    import torch
+
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
