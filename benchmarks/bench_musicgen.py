@@ -12,7 +12,8 @@ and speedups are medians of per-round ratios against the baseline run in the sam
 
 Modes: baseline (transformers generate, fp32), fp32, bf16 (oneDNN-packed where the CPU has native
 bf16), fp16 (fp16 weights packed for fbgemm, fp32 math: the CPU default where there is no native
-bf16), int8, int4 (ours, streaming on, CFG 3), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
+bf16), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's VNNI kernels where the CPU
+has AVX512-VNNI, "int8-fbgemm" and "int4-aten" on PyTorch's kernels instead), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
 and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), and "bf16-plain": our
 loop over plain bf16 modules (what bf16 is without oneDNN weight packing).
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
@@ -41,6 +42,8 @@ MODES = (
     "int8",
     "int4",
     "bf16-plain",
+    "int8-fbgemm",
+    "int4-aten",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -126,6 +129,8 @@ def worker(mode: str, checkpoint: Path) -> None:
         }[base]
         if variant in ("hf", "plain"):  # plain modules, no packed kernels
             options = dataclasses.replace(options, pack=False)
+        if variant in ("fbgemm", "aten"):  # PyTorch's int8/int4 kernels, not our VNNI ones
+            os.environ["SAMPLEMIND_GEN_NATIVE_KERNELS"] = "0"
         engine = load_engine(resolve_model(str(checkpoint)), options)
         if variant == "hf":
             engine.decode_with = "transformers"

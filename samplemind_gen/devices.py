@@ -55,11 +55,19 @@ def torch_dtype(name: str) -> Any:
 
 
 @lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 / AMX), where bf16 is a real win."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none), read once."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return frozenset()
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 / AMX), where bf16 is a real win."""
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags

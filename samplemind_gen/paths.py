@@ -45,6 +45,23 @@ def export_dir() -> Path:
     return user_music_path() / APP_NAME
 
 
+KERNEL_CACHE_ENV = "SAMPLEMIND_GEN_KERNEL_CACHE"
+
+
+def kernel_cache_dir() -> Path:
+    """Where the CPU kernels compiled for this machine are kept (`native_kernels`):
+    `SAMPLEMIND_GEN_KERNEL_CACHE`, else the cache folder of `SAMPLEMIND_GEN_HOME` or the user's."""
+    value = os.environ.get(KERNEL_CACHE_ENV)
+    if value:
+        return Path(value).expanduser()
+    home = _home()
+    if home is not None:
+        return home / "cache" / "kernels"
+    from platformdirs import user_cache_path
+
+    return user_cache_path(APP_NAME) / "kernels"
+
+
 def settings_file() -> Path:
     return config_dir() / "settings.toml"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models are dominated by per-op overhead: two threads on a busy 2-core machine made them
 # 10-40x slower than one. Subprocesses inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The CPU kernels compiled for this machine (native_kernels) are shared by every test and run,
+# not rebuilt in each test's isolated home.
+os.environ.setdefault(
+    "SAMPLEMIND_GEN_KERNEL_CACHE",
+    os.path.join(tempfile.gettempdir(), f"samplemind-gen-test-kernels-{os.getuid()}"),
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,135 @@
+"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`), compiled for this machine on first use.
+
+MusicGen's decode step multiplies two activation rows by every decoder weight matrix, so its
+speed is how fast the weights stream from memory. The kernels here (int8 and 4-bit weights, int8
+activations, AVX512-VNNI `vpdpbusd`, software prefetch ahead of the weight stream) read 26 GB/s
+of int8 and 24 GB/s of 4-bit weights on the project's 2-core Xeon, where fbgemm's dynamic int8
+reads 19 and aten's int4 15 (benchmarks/bench_linear_kernels.py; docs/performance.md).
+
+They are built with the C++ compiler (`$CXX`, else `g++`) against the installed torch, once per
+machine and torch version, into `paths.kernel_cache_dir()` (atomically: a half-written library
+is never loaded), and registered as `torch.ops.samplemind.*`. Where the CPU lacks AVX512-VNNI,
+no compiler is found, the build fails, or `SAMPLEMIND_GEN_NATIVE_KERNELS=0` is set, `available()`
+is False and the callers use PyTorch's kernels: everything still works, a little slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "vnni.cpp"
+ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
+ARCH_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma")
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def available() -> bool:
+    """True when the kernels are built (now, if needed) and loaded. Never raises."""
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _load()
+        return bool(_state["ok"])
+
+
+def reason() -> str:
+    """Why the kernels are not in use ("" when they are)."""
+    available()
+    return str(_state.get("why", ""))
+
+
+def _load() -> bool:
+    from samplemind_gen.devices import cpu_flags
+
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return _skip(f"switched off by {ENV_SWITCH}")
+    missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
+    if missing:
+        return _skip(f"the CPU lacks {', '.join(missing)}")
+    compiler = shutil.which(os.environ.get("CXX") or "g++")
+    if compiler is None:
+        return _skip("no C++ compiler (g++ or $CXX) found")
+    try:
+        import torch
+
+        library = _build(compiler)
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return _skip(f"building them failed: {str(exc).strip()[:300]}")
+    return True
+
+
+def _skip(why: str) -> bool:
+    _state["why"] = why
+    log.info("samplemind-gen CPU kernels not used: %s; PyTorch's kernels instead", why)
+    return False
+
+
+def _command(compiler: str, output: Path) -> list[str]:
+    import torch
+    from torch.utils import cpp_extension
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    lib = Path(torch.__file__).parent / "lib"
+    return [
+        compiler,
+        "-O3",
+        "-std=c++20",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",  # at::parallel_for is OpenMP in torch's CPU builds (its own libgomp)
+        *ARCH_FLAGS,
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *(f"-I{p}" for p in cpp_extension.include_paths()),
+        str(SOURCE),
+        f"-L{lib}",
+        "-lc10",
+        "-ltorch_cpu",
+        f"-Wl,-rpath,{lib}",
+        "-o",
+        str(output),
+    ]
+
+
+def _build(compiler: str) -> Path:
+    """The compiled library for this source, torch and compiler: from the cache, or built now."""
+    import torch
+
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout.splitlines()[:1]
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(f"{torch.__version__}|{version}|{' '.join(ARCH_FLAGS)}".encode())
+    from samplemind_gen.paths import kernel_cache_dir
+
+    folder = kernel_cache_dir()
+    library = folder / f"vnni-{key.hexdigest()[:16]}.so"
+    if library.is_file():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("compiling samplemind-gen's CPU kernels for this machine (once, ~10 s)")
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=folder)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            _command(compiler, Path(tmp)), capture_output=True, text=True, timeout=600
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return library

@@ -1,0 +1,164 @@
+"""samplemind-gen's own CPU kernels (kernels/vnni.cpp, int8 and 4-bit weights through
+AVX512-VNNI): built on first use, checked against the dequantized weights, thread-count
+independent, and replaced by PyTorch's kernels wherever they cannot be built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from samplemind_gen.engines import native_kernels
+
+needs_kernels = pytest.mark.skipif(
+    not native_kernels.available(), reason=f"no native kernels here: {native_kernels.reason()}"
+)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 5, 9])
+@pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (40, 16), (100, 24), (64, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_kernel_matches_its_dequantized_weights(rows, shape, dtype):
+    from samplemind_gen.engines.musicgen_quant import Int8Linear
+
+    torch.manual_seed(rows)
+    k, n = shape
+    linear = nn.Linear(k, n)
+    packed = Int8Linear(linear)
+    deq = packed.weight[:, :k].float() * packed.scales[:, None]
+    x = torch.randn(rows, 1, k).to(dtype)
+    y = packed(x)
+    assert y.shape == (rows, 1, n) and y.dtype == dtype
+    expected = nn.functional.linear(x.float(), deq, linear.bias.detach())
+    assert rel_err(y, expected) < 0.02  # int8 activations (one scale per row), bf16 output
+    assert rel_err(y, linear(x.float()).detach()) < 0.025
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 5, 9])
+@pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (96, 16), (160, 24), (32, 8)])
+def test_int4_kernel_matches_its_dequantized_weights(rows, shape):
+    from samplemind_gen.engines.musicgen_quant import Int4Linear
+
+    torch.manual_seed(rows)
+    k, n = shape
+    linear = nn.Linear(k, n)
+    native = Int4Linear(linear)
+    assert native.native
+    # Dequantize the native layout by hand: nibbles -> levels, fp16 scales and minimums.
+    low_high = torch.stack([native.nibbles & 15, native.nibbles >> 4], dim=2)
+    levels = low_high.reshape(n, -1, 64, 2).transpose(2, 3).reshape(n, -1)[:, :k].float()
+    groups = k // 32
+    scale = native.scales[:, :groups].float().repeat_interleave(32, dim=1)
+    low = native.mins[:, :groups].float().repeat_interleave(32, dim=1)
+    deq = levels * scale + low
+    x = torch.randn(rows, 1, k).to(torch.bfloat16)
+    y = native(x)
+    assert y.shape == (rows, 1, n) and y.dtype == torch.bfloat16
+    assert rel_err(y, nn.functional.linear(x.float(), deq, linear.bias.detach())) < 0.03
+    if n % 16 == 0:  # what aten's kernel takes
+        aten = Int4Linear(linear, native=False)
+        assert not aten.native
+        assert rel_err(y, aten(x)) < 0.03  # the same 4-bit weights on aten's kernel
+
+
+@needs_kernels
+def test_kernels_give_the_same_result_on_any_number_of_threads():
+    from samplemind_gen.engines.musicgen_quant import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(1024, 1000)
+    x = torch.randn(2, 1, 1024)
+    kernels = (Int8Linear(linear), Int4Linear(linear))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [k(x) for k in kernels]
+        torch.set_num_threads(2)
+        two = [k(x) for k in kernels]
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_kernels
+def test_int8_musicgen_runs_on_the_native_kernel(tiny_musicgen: Path):
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+    from samplemind_gen.engines.musicgen_quant import is_native_int8
+    from samplemind_gen.request import GenerationRequest
+
+    engine = load_engine(resolve_model(str(tiny_musicgen)), LoadOptions(quantize="int8"))
+    assert is_native_int8(engine.model.decoder)
+    req = [GenerationRequest("lofi drums", duration=0.3, seed=2)]
+    a, b = engine.generate(req)[0].audio, engine.generate(req)[0].audio
+    assert a.shape == (1, 9600) and (a == b).all()
+
+
+def _probe(env: dict[str, str], tiny: Path | None = None) -> dict:
+    """In a fresh process: are the kernels used, why not, and what int8 MusicGen runs on."""
+    code = """
+import json, sys
+from samplemind_gen.engines import native_kernels
+out = {"available": native_kernels.available(), "reason": native_kernels.reason()}
+if len(sys.argv) > 1:
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+    from samplemind_gen.engines.musicgen_quant import is_native_int8, is_quantized
+    from samplemind_gen.request import GenerationRequest
+    engine = load_engine(resolve_model(sys.argv[1]), LoadOptions(quantize="int8"))
+    out["native"] = is_native_int8(engine.model.decoder)
+    out["quantized"] = is_quantized(engine.model.decoder)
+    out["samples"] = engine.generate([GenerationRequest("pad", duration=0.3, seed=1)])[0].audio.shape[-1]
+print(json.dumps(out))
+"""
+    args = [sys.executable, "-c", code] + ([str(tiny)] if tiny else [])
+    done = subprocess.run(
+        args, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_switched_off_int8_falls_back_to_fbgemm(tiny_musicgen: Path):
+    out = _probe({"SAMPLEMIND_GEN_NATIVE_KERNELS": "0"}, tiny_musicgen)
+    assert out["available"] is False and "switched off" in out["reason"]
+    assert out["quantized"] and not out["native"] and out["samples"] == 9600
+
+
+def test_a_failing_build_falls_back_and_leaves_no_library(tmp_path: Path):
+    cache = tmp_path / "kernels"
+    fake = tmp_path / "g++"
+    fake.write_text("#!/bin/sh\necho 'fake compiler: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    out = _probe({"CXX": str(fake), "SAMPLEMIND_GEN_KERNEL_CACHE": str(cache)})
+    assert out["available"] is False
+    from samplemind_gen.devices import cpu_flags
+
+    if all(f in cpu_flags() for f in native_kernels.REQUIRED_FLAGS):
+        assert "building them failed" in out["reason"]
+        assert cache.is_dir() and not any(cache.iterdir())  # no half-written library
+
+
+@needs_kernels
+def test_the_library_is_built_once_per_machine_into_the_cache(tmp_path: Path):
+    cache = tmp_path / "kernels"
+    out = _probe({"SAMPLEMIND_GEN_KERNEL_CACHE": str(cache)})
+    assert out["available"] is True and out["reason"] == ""
+    built = list(cache.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    assert _probe({"SAMPLEMIND_GEN_KERNEL_CACHE": str(cache)})["available"] is True
+    assert [p.stat().st_mtime_ns for p in cache.iterdir()] == [stamp]  # reused, not rebuilt
