@@ -62,10 +62,21 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
     except (RuntimeError, AttributeError) as exc:
         print(f"_weight_int8pack_mm skipped: {exc}")
     try:
-        int4 = [Int4Linear(lin) for lin in linears(weights)]
-        variants["int4 group 32"] = (int4, torch.bfloat16)  # type: ignore[assignment]
+        int4 = [Int4Linear(lin, native=False) for lin in linears(weights)]
+        variants["int4 group 32 aten"] = (int4, torch.bfloat16)  # type: ignore[assignment]
     except (RuntimeError, AttributeError) as exc:
         print(f"int4 skipped: {exc}")
+    from samplemind_gen.engines import native_kernels
+
+    if native_kernels.available():  # samplemind-gen's own (kernels/vnni.cpp)
+        from samplemind_gen.engines.musicgen_quant import Int8Linear
+
+        ours8 = [Int8Linear(lin) for lin in linears(weights)]
+        variants["int8 samplemind VNNI"] = (ours8, torch.float32)  # type: ignore[assignment]
+        ours4 = [Int4Linear(lin, native=True) for lin in linears(weights)]
+        variants["int4 group 32 samplemind VNNI"] = (ours4, torch.bfloat16)  # type: ignore[assignment]
+    else:
+        print(f"samplemind-gen's kernels skipped: {native_kernels.reason()}")
     return variants
 
 

@@ -172,6 +172,16 @@ class MusicGenEngine:
         model.audio_encoder.encoder = None
         model.to(device).eval()
         torch.set_grad_enabled(False)
+        if packed in ("int8", "int4") and on_cpu and on_progress:
+            from samplemind_gen.engines import native_kernels
+
+            if native_kernels.will_compile():
+                on_progress(
+                    Progress(
+                        stage="loading",
+                        message="compiling the CPU kernels for this machine (once, ~10 s)",
+                    )
+                )
         if packed:
             from samplemind_gen.engines.musicgen_quant import quantize_decoder
 

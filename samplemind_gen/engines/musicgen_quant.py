@@ -1,16 +1,20 @@
-"""Packed CPU weights for MusicGen: the decoder's linear layers in int8 or fp16, the text
-encoder's in fp16, activations in fp32, through fbgemm's dynamic-quantization kernels.
+"""Packed CPU weights for MusicGen: the decoder's linear layers in int8, 4-bit, bf16 or fp16,
+the text encoder's in fp16.
 
-Why these kernels: MusicGen decodes one frame at a time, so every decoder linear layer is a
+Why packing: MusicGen decodes one frame at a time, so every decoder linear layer is a
 (2 x K) x (K x N) product (two rows: the prompt and classifier-free guidance's empty prompt). That
-is memory-bound, and on a CPU without native bf16 (AVX2, no AVX512-BF16/AMX) PyTorch's bf16 matmul
-converts as it goes and reaches ~10 GB/s, where fbgemm's packed fp16 GEMM reads ~25 GB/s and its
-int8 GEMM ~19 GB/s of int8 weights (measured on the project's 2-core EPYC, docs/performance.md).
-torchao 0.18's int8 configs run eagerly at 0.45-0.54x of fp32 here, and
-`torch.ops.aten._weight_int8pack_mm` at ~14 GB/s, so neither is used. The
-`torch.ao.quantization.quantize_dynamic` API still works in torch 2.13 but warns that it is
-deprecated; the warning is silenced here, on purpose, and this module is the one place to change
-when it goes away.
+is bound by how fast the weights stream from memory, so fewer bytes per weight and kernels that
+keep the stream going are what make a step fast. Per mode (numbers: docs/performance.md):
+
+- int8: `Int8Linear` on samplemind-gen's own AVX512-VNNI kernel (`native_kernels`), 1.3x
+  fbgemm's per layer; elsewhere fbgemm's per-channel dynamic int8 through
+  `torch.ao.quantization.quantize_dynamic` (`pack_linears`). That API still works in torch 2.13
+  but warns that it is deprecated; the warning is silenced here, on purpose, and this module is the
+  one place to change when it goes away. torchao 0.18's int8 configs run eagerly at 0.45-0.54x of
+  fp32 and `aten._weight_int8pack_mm` at 1.75x, so neither is used.
+- int4: `Int4Linear`, our VNNI kernel or `aten._weight_int4pack_mm_for_cpu`.
+- bf16 (CPUs with native bf16): `OneDNNLinear`, oneDNN's blocked weight layout.
+- fp16 (CPUs without native bf16): fbgemm's fp16 packing, fp32 math.
 
 Packing also fuses each self-attention's q/k/v projections into one `qkv_proj` (one kernel call
 instead of three: 2.2 ms a step on musicgen-small), so a packed decoder is stepped only by

@@ -102,9 +102,26 @@ def _command(compiler: str, output: Path) -> list[str]:
     ]
 
 
-def _build(compiler: str) -> Path:
-    """The compiled library for this source, torch and compiler: from the cache, or built now."""
+def will_compile() -> bool:
+    """True when `available()` would compile the kernels first (~10 s): the front ends say so."""
+    from samplemind_gen.devices import cpu_flags
+
+    if "ok" in _state or any(f not in cpu_flags() for f in REQUIRED_FLAGS):
+        return False
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    compiler = shutil.which(os.environ.get("CXX") or "g++")
+    try:
+        return compiler is not None and not _library_path(compiler).is_file()
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _library_path(compiler: str) -> Path:
+    """Where the library for this source, torch and compiler is cached."""
     import torch
+
+    from samplemind_gen.paths import kernel_cache_dir
 
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30
@@ -112,12 +129,15 @@ def _build(compiler: str) -> Path:
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(f"{torch.__version__}|{version}|{' '.join(ARCH_FLAGS)}".encode())
-    from samplemind_gen.paths import kernel_cache_dir
+    return kernel_cache_dir() / f"vnni-{key.hexdigest()[:16]}.so"
 
-    folder = kernel_cache_dir()
-    library = folder / f"vnni-{key.hexdigest()[:16]}.so"
+
+def _build(compiler: str) -> Path:
+    """The compiled library: from the cache, or built now."""
+    library = _library_path(compiler)
     if library.is_file():
         return library
+    folder = library.parent
     folder.mkdir(parents=True, exist_ok=True)
     log.info("compiling samplemind-gen's CPU kernels for this machine (once, ~10 s)")
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=folder)
