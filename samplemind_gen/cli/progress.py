@@ -18,6 +18,7 @@ class ProgressLine:
         self.interval = interval
         self._last = 0.0
         self._stage = ""
+        self._text = ""
         self._width = 0
 
     def __call__(self, progress: Progress) -> None:
@@ -34,8 +35,11 @@ class ProgressLine:
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)
             self._width = len(text)
-        elif progress.stage != self._stage:
+        elif progress.stage != self._stage or (
+            progress.stage != "generating" and text != self._text
+        ):  # a new stage, or news within one (e.g. "compiling the CPU kernels" while loading)
             self.stream.write(text + "\n")
+        self._text = text
         self.stream.flush()
         self._stage = progress.stage
 

@@ -179,7 +179,7 @@ class MusicGenEngine:
                 on_progress(
                     Progress(
                         stage="loading",
-                        message="compiling the CPU kernels for this machine (once, ~10 s)",
+                        message="compiling CPU kernels (once, ~10 s)",
                     )
                 )
         if packed:

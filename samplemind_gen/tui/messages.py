@@ -20,11 +20,13 @@ P = TypeVar("P")
 
 
 class ModelLoading(Message):
-    """A model started loading (this is when torch gets imported, the first time)."""
+    """A model started loading (this is when torch gets imported, the first time), or says what
+    its load is doing now (`detail`: "compiling CPU kernels (once, ~10 s)")."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, detail: str = "") -> None:
         super().__init__()
         self.model = model
+        self.detail = detail
 
 
 class ModelLoaded(Message):

@@ -162,7 +162,11 @@ class GenerateScreen(Screen[None]):
         self.post_message(ModelLoading(name))
         started = time.perf_counter()
         # Warmed up while the producer types: the first take is then as quick as the next.
-        engine = service.load(model, warm_up=True)
+
+        def loading(progress: Progress) -> None:  # e.g. "compiling CPU kernels (once, ~10 s)"
+            self.post_message(ModelLoading(name, progress.message or ""))
+
+        engine = service.load(model, warm_up=True, on_progress=loading)
         self.post_message(
             ModelLoaded(name, engine.device, engine.dtype, time.perf_counter() - started)
         )
@@ -179,7 +183,7 @@ class GenerateScreen(Screen[None]):
 
     def on_model_loading(self, message: ModelLoading) -> None:
         if self._is_current(message.model):
-            self.query_one(StatusLine).show_model("model loading…")
+            self.query_one(StatusLine).show_model(f"{message.detail or 'model loading'}…")
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         if self._is_current(message.model):
