@@ -60,6 +60,19 @@ MODES = (
 
 
 # ------------------------------------------------------------------------------------- worker
+def cpu_options(base: str):  # type: ignore[no-untyped-def]
+    """The LoadOptions of a CPU mode's base name (fp32, bf16, fp16, int8, int4)."""
+    from samplemind_gen.engines import LoadOptions
+
+    return {
+        "fp32": LoadOptions(device="cpu", dtype="float32"),
+        "bf16": LoadOptions(device="cpu", dtype="bfloat16"),
+        "fp16": LoadOptions(device="cpu", dtype="float16"),
+        "int8": LoadOptions(device="cpu", quantize="int8"),
+        "int4": LoadOptions(device="cpu", quantize="int4"),
+    }[base]
+
+
 def peak_rss_mb() -> float:
     import resource
 
@@ -117,16 +130,10 @@ def worker(mode: str, checkpoint: Path) -> None:
         run = engine_runner(engine)
     else:
         from samplemind_gen.catalog import resolve_model
-        from samplemind_gen.engines import LoadOptions, load_engine
+        from samplemind_gen.engines import load_engine
 
         base, _, variant = mode.partition("-")
-        options = {
-            "fp32": LoadOptions(device="cpu", dtype="float32"),
-            "bf16": LoadOptions(device="cpu", dtype="bfloat16"),
-            "fp16": LoadOptions(device="cpu", dtype="float16"),
-            "int8": LoadOptions(device="cpu", quantize="int8"),
-            "int4": LoadOptions(device="cpu", quantize="int4"),
-        }[base]
+        options = cpu_options(base)
         if variant in ("hf", "plain"):  # plain modules, no packed kernels
             options = dataclasses.replace(options, pack=False)
         if variant in ("fbgemm", "aten"):  # PyTorch's int8/int4 kernels, not our VNNI ones

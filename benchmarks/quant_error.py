@@ -25,21 +25,15 @@ PROMPT = "warm dusty lofi hip hop drums with a deep bass and vinyl crackle"
 
 def logits(mode: str, checkpoint: Path, steps: int) -> list:
     import torch
+    from bench_musicgen import cpu_options
 
     from samplemind_gen.catalog import resolve_model
-    from samplemind_gen.engines import LoadOptions, load_engine
+    from samplemind_gen.engines import load_engine
 
     base, _, variant = mode.partition("-")
     if variant:
         os.environ["SAMPLEMIND_GEN_NATIVE_KERNELS"] = "0"
-    options = {
-        "fp32": LoadOptions(device="cpu", dtype="float32"),
-        "bf16": LoadOptions(device="cpu", dtype="bfloat16"),
-        "fp16": LoadOptions(device="cpu", dtype="float16"),
-        "int8": LoadOptions(device="cpu", quantize="int8"),
-        "int4": LoadOptions(device="cpu", quantize="int4"),
-    }[base]
-    engine = load_engine(resolve_model(str(checkpoint)), options)
+    engine = load_engine(resolve_model(str(checkpoint)), cpu_options(base))
     inputs = engine.processor(text=[PROMPT], return_tensors="pt")
     states, mask = engine._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
     decoder = engine.cached_decoder

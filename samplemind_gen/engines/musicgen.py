@@ -479,11 +479,15 @@ class MusicGenEngine:
         self.cached_decoder.begin(encoder_states, encoder_mask, steps)
         if self.compile_step and self._compiled_step is None:
             self._compiled_step = compile_step(self.cached_decoder)
-        args = (self.cached_decoder, current, delay_mask)
-        kw = {"guidance_scale": request.guidance_scale, "step": self._compiled_step, **sampling}
-        if not graphs:
-            return TakeStep(*args, **kw)
-        return capture_take_graph(*args, **kw)
+        take_step = TakeStep(
+            self.cached_decoder,
+            current,
+            delay_mask,
+            guidance_scale=request.guidance_scale,
+            sampling=sampling,
+            step=self._compiled_step,
+        )
+        return capture_take_graph(take_step) if graphs else take_step
 
     def _step_function(self, encoder_states: Any, encoder_mask: Any, steps: int, rows: int) -> Any:
         """`step(ids, position) -> logits (rows, vocab)` for the chosen decode path."""

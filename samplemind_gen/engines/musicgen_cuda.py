@@ -18,7 +18,6 @@ the decoder alone (`CudaGraphStep`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder
@@ -40,29 +39,19 @@ class TakeStep:
         delay_mask: Any,
         *,
         guidance_scale: float,
-        greedy: bool,
-        temperature: float,
-        top_k: int,
-        top_p: float | None,
-        generators: Sequence[Any],
-        rows_per_take: int,
+        sampling: dict[str, Any],
         step: Any = None,
     ) -> None:
+        """`sampling`: `choose_tokens`' keyword arguments (greedy, temperature, top_k, top_p,
+        generators, rows_per_take); `step`: the decoder step to call (default `step_static`)."""
         import torch
 
         self.current = current
         self.delay_mask = delay_mask
         self.cfg = guidance_scale > 1
         self.guidance_scale = guidance_scale
-        self.generators = list(generators)
-        self.sampling: dict[str, Any] = {
-            "greedy": greedy,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "generators": self.generators,
-            "rows_per_take": rows_per_take,
-        }
+        self.sampling = sampling
+        self.generators: list[Any] = list(sampling["generators"])
         self.step_fn = step or decoder.step_static
         self.position = torch.zeros(1, dtype=torch.long, device=current.device)
 
@@ -115,16 +104,17 @@ class CudaTakeGraph:
         self.graph.replay()
 
 
-def capture_take_graph(decoder: CachedDecoder, current: Any, delay_mask: Any, **kw: Any) -> Any:
-    """A `CudaTakeGraph`, or None where this torch cannot put the take's generators in a graph."""
+def capture_take_graph(take_step: TakeStep) -> Any:
+    """`take_step` in a `CudaTakeGraph`, or None where this torch cannot put the take's
+    generators in a graph (or the take is too short for capture's two warm-up steps)."""
     import torch
 
-    if current.shape[1] < 3:  # capture warms up on two steps
+    if take_step.current.shape[1] < 3:
         return None
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         log.info("this torch cannot register generators with a CUDA graph: graphing the decoder")
         return None
-    return CudaTakeGraph(TakeStep(decoder, current, delay_mask, **kw))
+    return CudaTakeGraph(take_step)
 
 
 def compile_step(decoder: CachedDecoder) -> Any:

@@ -64,6 +64,38 @@ void store_rows(const float* y, int64_t count, at::Tensor& out) {
   }
 }
 
+// The driver both kernels share: `block(n, m0, mb, out)` computes rows m0 .. m0 + mb (at most 4)
+// of output n; this runs it for every n in parallel (each output by one thread, start to end),
+// adds the bias and returns x's shape with N outputs, in x's dtype.
+template <typename Block>
+at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
+                           const std::optional<at::Tensor>& bias, Block block) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  std::vector<float> result(M * N);
+  float* y = result.data();
+  const float* bias_ptr = nullptr;
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->to(at::kFloat).contiguous();
+    bias_ptr = bias_f.data_ptr<float>();
+  }
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    float part[4];
+    for (int64_t n = n0; n < n1; ++n) {
+      const float b = bias_ptr ? bias_ptr[n] : 0.0f;
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mb = std::min<int64_t>(4, M - m0);
+        block(n, m0, mb, part);
+        for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n] = part[i] + b;
+      }
+    }
+  });
+  at::Tensor out = at::empty(shape, xc.options());
+  store_rows(y, M * N, out);
+  return out;
+}
+
 constexpr int64_t kGroup = 32;
 constexpr int64_t kBlock = 128;  // inputs per step: 64 bytes of nibbles
 constexpr int64_t kPrefetch = 4096;  // bytes ahead in a weight row: hides the stream's start
@@ -166,47 +198,26 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at:
   std::vector<float> xsum(M * (Kp / kGroup));
   quantize_rows(xc.data_ptr(), bf16, M, K, Kp, xq.data(), sx.data(), xsum.data());
 
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  std::vector<float> result(M * N);
-  float* y = result.data();
   const uint8_t* nib = nibbles.data_ptr<uint8_t>();
   const c10::Half* sc = scales.data_ptr<c10::Half>();
   const c10::Half* mn = mins.data_ptr<c10::Half>();
   const int64_t groups = Kp / kGroup;
-  const float* bias_ptr = nullptr;
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) {
-    bias_f = bias->to(at::kFloat).contiguous();
-    bias_ptr = bias_f.data_ptr<float>();
-  }
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+  return for_each_output(x, xc, M, N, bias, [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+    const uint8_t* wn = nib + n * (Kp / 2);
+    const c10::Half* sn = sc + n * groups;
+    const c10::Half* mnn = mn + n * groups;
+    const int8_t* xr = xq.data() + m0 * Kp;
+    const float* sr = xsum.data() + m0 * groups;
     float dots[4];
     float zero_terms[4];
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* wn = nib + n * (Kp / 2);
-      const c10::Half* sn = sc + n * groups;
-      const c10::Half* mnn = mn + n * groups;
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mb = std::min<int64_t>(4, M - m0);
-        const int8_t* xr = xq.data() + m0 * Kp;
-        const float* sr = xsum.data() + m0 * groups;
-        switch (mb) {
-          case 1: dot_rows<1>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-          case 2: dot_rows<2>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-          case 3: dot_rows<3>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-          default: dot_rows<4>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-        }
-        const float b = bias_ptr ? bias_ptr[n] : 0.0f;
-        for (int64_t i = 0; i < mb; ++i) {
-          y[(m0 + i) * N + n] = sx[m0 + i] * dots[i] + zero_terms[i] + b;
-        }
-      }
+    switch (mb) {
+      case 1: dot_rows<1>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
+      case 2: dot_rows<2>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
+      case 3: dot_rows<3>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
+      default: dot_rows<4>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
     }
+    for (int64_t i = 0; i < mb; ++i) out[i] = sx[m0 + i] * dots[i] + zero_terms[i];
   });
-  at::Tensor out = at::empty(shape, xc.options());
-  store_rows(y, M * N, out);
-  return out;
 }
 
 
@@ -292,43 +303,23 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   std::vector<uint8_t> xu(M * Kp);
   std::vector<float> sx(M);
   quantize_rows_u8(xc.data_ptr(), bf16, M, K, Kp, xu.data(), sx.data());
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  std::vector<float> result(M * N);
-  float* y = result.data();
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float* sw = scales.data_ptr<float>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
-  const float* bias_ptr = nullptr;
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) {
-    bias_f = bias->to(at::kFloat).contiguous();
-    bias_ptr = bias_f.data_ptr<float>();
-  }
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+  return for_each_output(x, xc, M, N, bias, [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+    const int8_t* wn = wp + n * Kp;
+    const uint8_t* xr = xu.data() + m0 * Kp;
     int32_t dots[4];
-    for (int64_t n = n0; n < n1; ++n) {
-      const int8_t* wn = wp + n * Kp;
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mb = std::min<int64_t>(4, M - m0);
-        const uint8_t* xr = xu.data() + m0 * Kp;
-        switch (mb) {
-          case 1: dot_rows_int8<1>(wn, xr, Kp, dots); break;
-          case 2: dot_rows_int8<2>(wn, xr, Kp, dots); break;
-          case 3: dot_rows_int8<3>(wn, xr, Kp, dots); break;
-          default: dot_rows_int8<4>(wn, xr, Kp, dots); break;
-        }
-        const float b = bias_ptr ? bias_ptr[n] : 0.0f;
-        for (int64_t i = 0; i < mb; ++i) {
-          const int32_t d = dots[i] - 128 * ws[n];
-          y[(m0 + i) * N + n] = sx[m0 + i] * sw[n] * static_cast<float>(d) + b;
-        }
-      }
+    switch (mb) {
+      case 1: dot_rows_int8<1>(wn, xr, Kp, dots); break;
+      case 2: dot_rows_int8<2>(wn, xr, Kp, dots); break;
+      case 3: dot_rows_int8<3>(wn, xr, Kp, dots); break;
+      default: dot_rows_int8<4>(wn, xr, Kp, dots); break;
+    }
+    for (int64_t i = 0; i < mb; ++i) {
+      out[i] = sx[m0 + i] * sw[n] * static_cast<float>(dots[i] - 128 * ws[n]);
     }
   });
-  at::Tensor out = at::empty(shape, xc.options());
-  store_rows(y, M * N, out);
-  return out;
 }
 
 }  // namespace
