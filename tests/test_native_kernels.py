@@ -162,3 +162,47 @@ def test_the_library_is_built_once_per_machine_into_the_cache(tmp_path: Path):
     stamp = built[0].stat().st_mtime_ns
     assert _probe({"SAMPLEMIND_GEN_KERNEL_CACHE": str(cache)})["available"] is True
     assert [p.stat().st_mtime_ns for p in cache.iterdir()] == [stamp]  # reused, not rebuilt
+
+
+ISA_CHECK = """
+import json, torch
+from torch import nn
+from samplemind_gen.engines import native_kernels
+from samplemind_gen.engines.musicgen_quant import Int4Linear, Int8Linear
+torch.manual_seed(0)
+errors = {}
+for k, n in ((1024, 512), (96, 40), (4096, 64)):
+    linear = nn.Linear(k, n)
+    x = torch.randn(3, 1, k)
+    ref = linear(x).detach()
+    for name, kernel in (("int8", Int8Linear(linear)), ("int4", Int4Linear(linear, native=True))):
+        y = kernel(x.to(torch.bfloat16) if name == "int4" else x).float()
+        err = float((y - ref).norm() / ref.norm())
+        errors[name] = max(errors.get(name, 0.0), err)
+print(json.dumps({"isa": native_kernels.isa(), **errors}))
+"""
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2"])
+def test_every_instruction_set_path_computes_the_same_products(isa: str):
+    """The AVX512-VNNI, AVX-VNNI and AVX2 paths (SAMPLEMIND_GEN_KERNEL_ISA picks a lower one than
+    the CPU has) all match the float product within their quantization error."""
+    from samplemind_gen.devices import cpu_flags
+
+    have = {"avx512": "avx512_vnni", "avxvnni": "avx_vnni", "avx2": "avx2"}[isa]
+    if have not in cpu_flags():
+        pytest.skip(f"this CPU has no {have}")
+    done = subprocess.run(
+        [sys.executable, "-c", ISA_CHECK],
+        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["isa"] == {"avx512": "avx512vnni", "avxvnni": "avxvnni", "avx2": "avx2"}[isa]
+    # int8: per-channel weights, 8-bit activations (7-bit on AVX2); int4: 16 levels per group.
+    assert out["int8"] < (0.03 if isa == "avx2" else 0.02)
+    assert 0.02 < out["int4"] < 0.15

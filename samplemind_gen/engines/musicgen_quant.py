@@ -144,7 +144,8 @@ class Int4Linear:
         scale = (high - low).clamp(min=1e-8) / 15
         q = torch.clamp(torch.round((grouped - low) / scale), 0, 15).to(torch.uint8).reshape(n, k)
         bias = linear.bias
-        self.native = native_kernels.available() if native is None else native
+        # native=None: ours where it is built; True: ours if it can be; False: aten's.
+        self.native = native is not False and native_kernels.available()
         if self.native and group == 32:
             self.bias = None if bias is None else bias.detach().to(torch.float32)
             self.nibbles, self.scales, self.mins = pack_nibbles(q, scale, low)
@@ -205,6 +206,12 @@ class Int8Linear:
     out. Reads 1.4x faster than fbgemm's dynamic int8 linear at decode shapes here."""
 
     def __init__(self, linear: Any) -> None:
+        from samplemind_gen.engines import native_kernels
+
+        if not native_kernels.available():
+            raise RuntimeError(
+                f"samplemind-gen's CPU kernels are not built: {native_kernels.reason()}"
+            )
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
         w = linear.weight.detach().to(torch.float32)

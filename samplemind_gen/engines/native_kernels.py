@@ -2,13 +2,15 @@
 
 MusicGen's decode step multiplies two activation rows by every decoder weight matrix, so its
 speed is how fast the weights stream from memory. The kernels here (int8 and 4-bit weights, int8
-activations, AVX512-VNNI `vpdpbusd`, software prefetch ahead of the weight stream) read 26 GB/s
-of int8 and 24 GB/s of 4-bit weights on the project's 2-core Xeon, where fbgemm's dynamic int8
-reads 19 and aten's int4 15 (benchmarks/bench_linear_kernels.py; docs/performance.md).
+activations, software prefetch ahead of the weight stream) read 26 GB/s of int8 and 24 GB/s of
+4-bit weights on the project's 2-core Xeon through AVX512-VNNI `vpdpbusd`, where fbgemm's
+dynamic int8 reads 19 and aten's int4 15 (benchmarks/bench_linear_kernels.py;
+docs/performance.md). CPUs with AVX-VNNI (256-bit) or only AVX2 get 256-bit versions of the same
+kernels, chosen at run time (`isa()`).
 
 They are built with the C++ compiler (`$CXX`, else `g++`) against the installed torch, once per
 machine and torch version, into `paths.kernel_cache_dir()` (atomically: a half-written library
-is never loaded), and registered as `torch.ops.samplemind.*`. Where the CPU lacks AVX512-VNNI,
+is never loaded), and registered as `torch.ops.samplemind.*`. Where the CPU lacks AVX2/FMA/F16C,
 no compiler is found, the build fails, or `SAMPLEMIND_GEN_NATIVE_KERNELS=0` is set, `available()`
 is False and the callers use PyTorch's kernels: everything still works, a little slower.
 """
@@ -28,8 +30,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels") / "vnni.cpp"
 ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
-ARCH_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma")
+# The least the kernels need (their AVX2 path); AVX-VNNI and AVX512-VNNI paths are chosen at run
+# time where the CPU has them (`isa()`). The library itself is built for plain x86-64.
+REQUIRED_FLAGS = ("avx2", "fma", "f16c")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -41,6 +44,16 @@ def available() -> bool:
         if "ok" not in _state:
             _state["ok"] = _load()
         return bool(_state["ok"])
+
+
+def isa() -> str:
+    """The instruction set the kernels run on here: "avx512vnni", "avxvnni" or "avx2" ("" when
+    they are not available). `SAMPLEMIND_GEN_KERNEL_ISA` can ask for a lower one."""
+    if not available():
+        return ""
+    import torch
+
+    return str(torch.ops.samplemind.kernel_isa())
 
 
 def reason() -> str:
@@ -89,7 +102,6 @@ def _command(compiler: str, output: Path) -> list[str]:
         "-shared",
         "-fPIC",
         "-fopenmp",  # at::parallel_for is OpenMP in torch's CPU builds (its own libgomp)
-        *ARCH_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
         str(SOURCE),
@@ -128,7 +140,7 @@ def _library_path(compiler: str) -> Path:
     ).stdout.splitlines()[:1]
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(f"{torch.__version__}|{version}|{' '.join(ARCH_FLAGS)}".encode())
+    key.update(f"{torch.__version__}|{version}".encode())
     return kernel_cache_dir() / f"vnni-{key.hexdigest()[:16]}.so"
 
 

@@ -1,5 +1,9 @@
-// 4-bit weight x 8-bit activation matrix-vector products for MusicGen's decode step on x86 CPUs
-// with AVX512-VNNI (built and loaded by samplemind_gen/engines/native_kernels.py).
+// int8 and 4-bit weight x 8-bit activation matrix-vector products for MusicGen's decode step on
+// x86 CPUs (built and loaded by samplemind_gen/engines/native_kernels.py). Three code paths,
+// chosen once at run time (`kernel_isa()`): AVX512-VNNI (Xeon since Ice Lake, Zen 4), AVX-VNNI
+// (256-bit, Intel Core since Alder Lake) and AVX2 (vpmaddubsw; older x86-64). The file is built
+// for plain x86-64: each path's functions carry their own `target` attribute, so no instruction
+// of a newer set runs on a CPU without it.
 //
 // Decoding multiplies a few activation rows (the prompt and classifier-free guidance's empty
 // prompt: 2 rows a take) by every weight matrix of the decoder, so the product is bound by how
@@ -29,24 +33,111 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace {
 
+#define SMG_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SMG_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define SMG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
-// 16 activations as floats, from fp32 or bf16 storage.
-inline __m512 load16(const void* p, int64_t i, bool bf16) {
-  if (!bf16) return _mm512_loadu_ps(static_cast<const float*>(p) + i);
-  const __m256i h = _mm256_loadu_si256(
-      reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+enum class Isa { kAvx2, kAvxVnni, kAvx512 };
+
+// The best path this CPU runs, once; SAMPLEMIND_GEN_KERNEL_ISA=avx2|avxvnni|avx512 picks a lower
+// one (tests run every path on one machine).
+Isa kernel_isa_choice() {
+  static const Isa chosen = [] {
+    __builtin_cpu_init();
+    Isa best = Isa::kAvx2;
+    if (__builtin_cpu_supports("avxvnni")) best = Isa::kAvxVnni;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+      best = Isa::kAvx512;
+    }
+    const char* forced = std::getenv("SAMPLEMIND_GEN_KERNEL_ISA");
+    if (forced != nullptr) {
+      const std::string want(forced);
+      const Isa asked = want == "avx2" ? Isa::kAvx2 : want == "avxvnni" ? Isa::kAvxVnni
+                                                                           : Isa::kAvx512;
+      if (static_cast<int>(asked) < static_cast<int>(best)) best = asked;
+    }
+    return best;
+  }();
+  return chosen;
 }
+
+std::string kernel_isa() {
+  switch (kernel_isa_choice()) {
+    case Isa::kAvx512: return "avx512vnni";
+    case Isa::kAvxVnni: return "avxvnni";
+    default: return "avx2";
+  }
+}
+
 
 inline float load1(const void* p, int64_t i, bool bf16) {
   if (!bf16) return static_cast<const float*>(p)[i];
   return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
 }
+
+// 8 activations as floats, from fp32 or bf16 storage.
+SMG_AVX2 inline __m256 load8(const void* p, int64_t i, bool bf16) {
+  if (!bf16) return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+  const __m128i h = _mm_loadu_si128(
+      reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+SMG_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+SMG_AVX2 inline int32_t hsum8i(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+SMG_AVX2 inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 32 floats (times `inv`, plus `offset`) -> 32 bytes in order, saturated: int8 or uint8.
+template <bool kUnsigned>
+SMG_AVX2 inline __m256i quantize32(const void* x, int64_t i, bool bf16, __m256 inv,
+                                   __m256i offset) {
+  __m256i v[4];
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(load8(x, i + 8 * j, bf16), inv)),
+                            offset);
+  }
+  const __m256i ab = _mm256_packs_epi32(v[0], v[1]);
+  const __m256i cd = _mm256_packs_epi32(v[2], v[3]);
+  const __m256i bytes = kUnsigned ? _mm256_packus_epi16(ab, cd) : _mm256_packs_epi16(ab, cd);
+  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// max |x| over one row of K activations.
+SMG_AVX2 inline float row_amax(const void* x, int64_t row, int64_t K, bool bf16) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 vmax = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, load8(x, row + k, bf16)));
+  float amax = hmax8(vmax);
+  for (; k < K; ++k) amax = std::max(amax, std::abs(load1(x, row + k, bf16)));
+  return amax;
+}
+
 
 // fp32 and bf16 activations are read as they are; anything else is converted to fp32 first.
 at::Tensor activations(const at::Tensor& x) {
@@ -100,39 +191,36 @@ constexpr int64_t kGroup = 32;
 constexpr int64_t kBlock = 128;  // inputs per step: 64 bytes of nibbles
 constexpr int64_t kPrefetch = 4096;  // bytes ahead in a weight row: hides the stream's start
 
-// M rows of activations (K floats each) -> int8 rows of Kp (zero padded), one scale per row, and
-// the exact float sum of each group of 32 inputs (zero for the padding).
-void quantize_rows(const void* x, bool bf16, int64_t M, int64_t K, int64_t Kp, int8_t* xq,
-                   float* sx, float* xsum) {
+// M rows of activations (K of them each, K a multiple of 32) -> int8 rows of Kp (zero padded),
+// one scale per row, and the exact float sum of each group of 32 inputs (zero for the padding).
+SMG_AVX2 void quantize_rows(const void* x, bool bf16, int64_t M, int64_t K, int64_t Kp,
+                            int8_t* xq, float* sx, float* xsum) {
   const int64_t groups = K / kGroup;
   const int64_t padded_groups = Kp / kGroup;
   for (int64_t m = 0; m < M; ++m) {
     const int64_t row = m * K;
-    __m512 vmax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load16(x, row + k, bf16)));
-    }
-    const float amax = _mm512_reduce_max_ps(vmax);
+    const float amax = row_amax(x, row, K, bf16);
     sx[m] = amax / 127.0f;
-    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     int8_t* q = xq + m * Kp;
-    for (int64_t k = 0; k < K; k += 16) {
-      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(x, row + k, bf16), inv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(v));
-    }
-    std::fill(q + K, q + Kp, static_cast<int8_t>(0));
     float* sums = xsum + m * padded_groups;
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t v = row + g * kGroup;
-      sums[g] = _mm512_reduce_add_ps(_mm512_add_ps(load16(x, v, bf16), load16(x, v + 16, bf16)));
+      const int64_t k = g * kGroup;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                          quantize32<false>(x, row + k, bf16, inv, _mm256_setzero_si256()));
+      __m256 sum = _mm256_add_ps(load8(x, row + k, bf16), load8(x, row + k + 8, bf16));
+      sum = _mm256_add_ps(sum, _mm256_add_ps(load8(x, row + k + 16, bf16),
+                                             load8(x, row + k + 24, bf16)));
+      sums[g] = hsum8(sum);
     }
+    std::fill(q + K, q + Kp, static_cast<int8_t>(0));
     std::fill(sums + groups, sums + padded_groups, 0.0f);
   }
 }
 
 // Rows m0 .. m0 + MB of the product for one output n (before the row scales and the bias).
 template <int MB>
-inline void dot_rows(const uint8_t* nib, const c10::Half* scales, const c10::Half* mins,
+SMG_AVX512 inline void dot_rows(const uint8_t* nib, const c10::Half* scales, const c10::Half* mins,
                      const int8_t* xq, const float* xsum, int64_t Kp, float* dots,
                      float* zero_terms) {
   const int64_t blocks = Kp / kBlock;
@@ -177,6 +265,89 @@ inline void dot_rows(const uint8_t* nib, const c10::Half* scales, const c10::Hal
   }
 }
 
+// The 256-bit paths' multiply-add of 32 unsigned bytes by 32 signed bytes into 8 int32 sums
+// of 4: `vpdpbusd` (AVX-VNNI), or `vpmaddubsw` + `vpmaddwd` (AVX2; the 16-bit pair sums saturate
+// above 32767, which the callers' value ranges never reach).
+template <bool kVnni>
+SMG_AVXVNNI inline __m256i dot4(__m256i acc, __m256i u8, __m256i s8) {
+  if constexpr (kVnni) {
+    return _mm256_dpbusd_avx_epi32(acc, u8, s8);
+  } else {
+    const __m256i pairs = _mm256_maddubs_epi16(u8, s8);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+}
+
+// `dot_rows` on 256-bit registers: each 32-byte half of a 128-input block, low or high nibbles,
+// is exactly one group of 32.
+template <int MB, bool kVnni>
+SMG_AVXVNNI inline void dot_rows_256(const uint8_t* nib, const c10::Half* scales,
+                                     const c10::Half* mins, const int8_t* xq, const float* xsum,
+                                     int64_t Kp, float* dots, float* zero_terms) {
+  const int64_t blocks = Kp / kBlock;
+  const int64_t groups = Kp / kGroup;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    _mm_prefetch(reinterpret_cast<const char*>(nib + b * 64 + kPrefetch), _MM_HINT_T0);
+    const __m128 s4 =
+        _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 4 * b)));
+    __m256 scale4[4];
+    for (int i = 0; i < 4; ++i) {
+      scale4[i] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s4), _mm256_set1_epi32(i));
+    }
+    for (int half = 0; half < 2; ++half) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + b * 64 + 32 * half));
+      const __m256i w[2] = {_mm256_and_si256(raw, low4),
+                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4)};
+      for (int nibble = 0; nibble < 2; ++nibble) {
+        const int group = 2 * nibble + half;  // inputs 32 * group .. within the block
+        const __m256 scale = scale4[group];
+        for (int m = 0; m < MB; ++m) {
+          const __m256i xv = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(xq + m * Kp + b * kBlock + 32 * group));
+          const __m256i d = dot4<kVnni>(_mm256_setzero_si256(), w[nibble], xv);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), scale, acc[m]);
+        }
+      }
+    }
+  }
+  __m256 mz[MB];
+  for (int m = 0; m < MB; ++m) mz[m] = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {  // groups is a multiple of 4 (Kp of 128)
+    const __m256 mv =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mins + g)));
+    for (int m = 0; m < MB; ++m) {
+      mz[m] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xsum + m * groups + g), mz[m]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    float z = hsum8(mz[m]);
+    for (int64_t t = g; t < groups; ++t) z += static_cast<float>(mins[t]) * xsum[m * groups + t];
+    dots[m] = hsum8(acc[m]);
+    zero_terms[m] = z;
+  }
+}
+
+// One output's rows through the chosen path.
+inline void int4_rows(Isa isa, int64_t mb, const uint8_t* wn, const c10::Half* sn,
+                      const c10::Half* mnn, const int8_t* xr, const float* sr, int64_t Kp,
+                      float* dots, float* zero_terms) {
+#define SMG_INT4(MB)                                                             \
+  if (isa == Isa::kAvx512) dot_rows<MB>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); \
+  else if (isa == Isa::kAvxVnni) dot_rows_256<MB, true>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); \
+  else dot_rows_256<MB, false>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
+  switch (mb) {
+    case 1: SMG_INT4(1) break;
+    case 2: SMG_INT4(2) break;
+    case 3: SMG_INT4(3) break;
+    default: SMG_INT4(4) break;
+  }
+#undef SMG_INT4
+}
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scales,
                        const at::Tensor& mins, const std::optional<at::Tensor>& bias) {
   const int64_t K = x.size(-1);
@@ -191,6 +362,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at:
                   scales.size(1) == Kp / kGroup && mins.sizes() == scales.sizes(),
               "int4_linear: scales and mins must be contiguous fp16 (N, Kp/32)");
   const int64_t M = x.numel() / K;
+  const Isa isa = kernel_isa_choice();
   const at::Tensor xc = activations(x);
   const bool bf16 = xc.scalar_type() == at::kBFloat16;
   std::vector<int8_t> xq(M * Kp);
@@ -210,12 +382,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at:
     const float* sr = xsum.data() + m0 * groups;
     float dots[4];
     float zero_terms[4];
-    switch (mb) {
-      case 1: dot_rows<1>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-      case 2: dot_rows<2>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-      case 3: dot_rows<3>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-      default: dot_rows<4>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); break;
-    }
+    int4_rows(isa, mb, wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
     for (int64_t i = 0; i < mb; ++i) out[i] = sx[m0 + i] * dots[i] + zero_terms[i];
   });
 }
@@ -228,36 +395,31 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at:
 // dynamic int8 linear (u8 activations, s8 weights, vpdpbusd) with per-row activation scales.
 // Weights (N, Kp) int8, K zero-padded to Kp, a multiple of 64.
 
-void quantize_rows_u8(const void* x, bool bf16, int64_t M, int64_t K, int64_t Kp, uint8_t* xu,
-                      float* sx) {
+// Activations -> uint8 around `zero` (128; 64 on the AVX2 path, whose 16-bit pair sums must not
+// saturate: |x| maps to at most `levels` (127; 63) steps), one scale per row; Kp zero-padded.
+SMG_AVX2 void quantize_rows_u8(const void* x, bool bf16, int64_t M, int64_t K, int64_t Kp,
+                               int levels, int zero, uint8_t* xu, float* sx) {
   for (int64_t m = 0; m < M; ++m) {
     const int64_t row = m * K;
-    __m512 vmax = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load16(x, row + k, bf16)));
-    }
-    float amax = _mm512_reduce_max_ps(vmax);
-    for (; k < K; ++k) amax = std::max(amax, std::abs(load1(x, row + k, bf16)));
-    sx[m] = amax / 127.0f;
-    const float inv_s = amax > 0.0f ? 127.0f / amax : 0.0f;
-    const __m512 inv = _mm512_set1_ps(inv_s);
-    const __m512i offset = _mm512_set1_epi32(128);
+    const float amax = row_amax(x, row, K, bf16);
+    sx[m] = amax / static_cast<float>(levels);
+    const float inv_s = amax > 0.0f ? static_cast<float>(levels) / amax : 0.0f;
     uint8_t* q = xu + m * Kp;
-    for (k = 0; k + 16 <= K; k += 16) {
-      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(x, row + k, bf16), inv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k),
-                       _mm512_cvtusepi32_epi8(_mm512_add_epi32(v, offset)));
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(q + k),
+          quantize32<true>(x, row + k, bf16, _mm256_set1_ps(inv_s), _mm256_set1_epi32(zero)));
     }
     for (; k < K; ++k) {
-      q[k] = static_cast<uint8_t>(std::nearbyint(load1(x, row + k, bf16) * inv_s) + 128);
+      q[k] = static_cast<uint8_t>(std::nearbyint(load1(x, row + k, bf16) * inv_s) + zero);
     }
-    std::fill(q + K, q + Kp, static_cast<uint8_t>(128));
+    std::fill(q + K, q + Kp, static_cast<uint8_t>(zero));
   }
 }
 
 template <int MB>
-inline void dot_rows_int8(const int8_t* w, const uint8_t* xu, int64_t Kp, int32_t* dots) {
+SMG_AVX512 inline void dot_rows_int8(const int8_t* w, const uint8_t* xu, int64_t Kp, int32_t* dots) {
   // Four accumulators per row: vpdpbusd's latency, not its throughput, bounds one chain.
   __m512i acc[MB][4];
   for (int m = 0; m < MB; ++m)
@@ -285,6 +447,41 @@ inline void dot_rows_int8(const int8_t* w, const uint8_t* xu, int64_t Kp, int32_
   }
 }
 
+// `dot_rows_int8` on 256-bit registers.
+template <int MB, bool kVnni>
+SMG_AVXVNNI inline void dot_rows_int8_256(const int8_t* w, const uint8_t* xu, int64_t Kp,
+                                          int32_t* dots) {
+  __m256i acc[MB][2];
+  for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < Kp; k += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + kPrefetch), _MM_HINT_T0);
+    for (int j = 0; j < 2; ++j) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 32 * j));
+      for (int m = 0; m < MB; ++m) {
+        const __m256i xv =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + m * Kp + k + 32 * j));
+        acc[m][j] = dot4<kVnni>(acc[m][j], xv, wv);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) dots[m] = hsum8i(_mm256_add_epi32(acc[m][0], acc[m][1]));
+}
+
+inline void int8_rows(Isa isa, int64_t mb, const int8_t* wn, const uint8_t* xr, int64_t Kp,
+                      int32_t* dots) {
+#define SMG_INT8(MB)                                                  \
+  if (isa == Isa::kAvx512) dot_rows_int8<MB>(wn, xr, Kp, dots);       \
+  else if (isa == Isa::kAvxVnni) dot_rows_int8_256<MB, true>(wn, xr, Kp, dots); \
+  else dot_rows_int8_256<MB, false>(wn, xr, Kp, dots);
+  switch (mb) {
+    case 1: SMG_INT8(1) break;
+    case 2: SMG_INT8(2) break;
+    case 3: SMG_INT8(3) break;
+    default: SMG_INT8(4) break;
+  }
+#undef SMG_INT8
+}
+
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
                        const at::Tensor& wsum, const std::optional<at::Tensor>& bias) {
   const int64_t K = x.size(-1);
@@ -300,9 +497,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const int64_t M = x.numel() / K;
   const at::Tensor xc = activations(x);
   const bool bf16 = xc.scalar_type() == at::kBFloat16;
+  const Isa isa = kernel_isa_choice();
+  const int levels = isa == Isa::kAvx2 ? 63 : 127;
+  const int zero = isa == Isa::kAvx2 ? 64 : 128;
   std::vector<uint8_t> xu(M * Kp);
   std::vector<float> sx(M);
-  quantize_rows_u8(xc.data_ptr(), bf16, M, K, Kp, xu.data(), sx.data());
+  quantize_rows_u8(xc.data_ptr(), bf16, M, K, Kp, levels, zero, xu.data(), sx.data());
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float* sw = scales.data_ptr<float>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
@@ -310,14 +510,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     const int8_t* wn = wp + n * Kp;
     const uint8_t* xr = xu.data() + m0 * Kp;
     int32_t dots[4];
-    switch (mb) {
-      case 1: dot_rows_int8<1>(wn, xr, Kp, dots); break;
-      case 2: dot_rows_int8<2>(wn, xr, Kp, dots); break;
-      case 3: dot_rows_int8<3>(wn, xr, Kp, dots); break;
-      default: dot_rows_int8<4>(wn, xr, Kp, dots); break;
-    }
+    int8_rows(isa, mb, wn, xr, Kp, dots);
     for (int64_t i = 0; i < mb; ++i) {
-      out[i] = sx[m0 + i] * sw[n] * static_cast<float>(dots[i] - 128 * ws[n]);
+      out[i] = sx[m0 + i] * sw[n] * static_cast<float>(dots[i] - zero * ws[n]);
     }
   });
 }
@@ -327,6 +522,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 TORCH_LIBRARY(samplemind, m) {
   m.def("int4_linear(Tensor x, Tensor nibbles, Tensor scales, Tensor mins, Tensor? bias) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor wsum, Tensor? bias) -> Tensor");
+  m.def("kernel_isa() -> str", &kernel_isa);
 }
 
 TORCH_LIBRARY_IMPL(samplemind, CPU, m) {
