@@ -6,13 +6,13 @@ Why packing: MusicGen decodes one frame at a time, so every decoder linear layer
 is bound by how fast the weights stream from memory, so fewer bytes per weight and kernels that
 keep the stream going are what make a step fast. Per mode (numbers: docs/performance.md):
 
-- int8: `Int8Linear` on samplemind-gen's own AVX512-VNNI kernel (`native_kernels`), 1.3x
-  fbgemm's per layer; elsewhere fbgemm's per-channel dynamic int8 through
+- int8: `Int8Linear` on samplemind-gen's own kernel (`native_kernels`: AVX512-VNNI, AVX-VNNI or
+  AVX2), 1.2-1.3x fbgemm's per layer; elsewhere fbgemm's per-channel dynamic int8 through
   `torch.ao.quantization.quantize_dynamic` (`pack_linears`). That API still works in torch 2.13
   but warns that it is deprecated; the warning is silenced here, on purpose, and this module is the
   one place to change when it goes away. torchao 0.18's int8 configs run eagerly at 0.45-0.54x of
   fp32 and `aten._weight_int8pack_mm` at 1.75x, so neither is used.
-- int4: `Int4Linear`, our VNNI kernel or `aten._weight_int4pack_mm_for_cpu`.
+- int4: `Int4Linear`, our kernel or `aten._weight_int4pack_mm_for_cpu`.
 - bf16 (CPUs with native bf16): `OneDNNLinear`, oneDNN's blocked weight layout.
 - fp16 (CPUs without native bf16): fbgemm's fp16 packing, fp32 math.
 
@@ -89,7 +89,7 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
 
     decoder = model.decoder
     if mode == "int8" and native_kernels.available():
-        # Our VNNI kernel: packed straight from the loaded 16-bit weights, a layer at a time.
+        # Our kernel: packed straight from the loaded 16-bit weights, a layer at a time.
         for layer in decoder.model.decoder.layers:
             fuse_qkv(layer.self_attn)
             for parent, name in _linears(layer):
@@ -126,9 +126,9 @@ class Int4Linear:
     input weights, rounded to nearest) and bf16 activations. A quarter of bf16's bytes. Lossy:
     per-layer output error is ~8% on random weights, so this is an opt-in mode to check by ear.
 
-    Kernel: samplemind-gen's own (`native_kernels`, int8 activations through AVX512-VNNI, fp16
-    scales) where it is available, 1.6x faster than `aten._weight_int4pack_mm_for_cpu` (bf16
-    scales and activations), used elsewhere."""
+    Kernel: samplemind-gen's own (`native_kernels`: int8 activations, `vpdpbusd` or
+    `vpmaddubsw`, fp16 scales) where it is built, 1.3-1.6x faster than
+    `aten._weight_int4pack_mm_for_cpu` (bf16 scales and activations), used elsewhere."""
 
     def __init__(self, linear: Any, group: int = INT4_GROUP, native: bool | None = None) -> None:
         from samplemind_gen.engines import native_kernels
@@ -202,7 +202,7 @@ def pack_nibbles(q: Any, scale: Any, low: Any) -> tuple[Any, Any, Any]:
 class Int8Linear:
     """A linear layer with int8 weights (symmetric, one scale per output channel, as
     `quantize_dynamic`'s per-channel config) through samplemind-gen's own kernel
-    (`native_kernels`: activations quantized per row to uint8, AVX512-VNNI). fp32 or bf16 in and
+    (`native_kernels`: activations quantized per row to uint8, VNNI or AVX2). fp32 or bf16 in and
     out. Reads 1.4x faster than fbgemm's dynamic int8 linear at decode shapes here."""
 
     def __init__(self, linear: Any) -> None:
