@@ -71,10 +71,11 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
     if native_kernels.available():  # samplemind-gen's own (kernels/vnni.cpp)
         from samplemind_gen.engines.musicgen_quant import Int8Linear
 
+        isa = native_kernels.isa()
         ours8 = [Int8Linear(lin) for lin in linears(weights)]
-        variants["int8 samplemind VNNI"] = (ours8, torch.float32)  # type: ignore[assignment]
+        variants[f"int8 samplemind {isa}"] = (ours8, torch.float32)  # type: ignore[assignment]
         ours4 = [Int4Linear(lin, native=True) for lin in linears(weights)]
-        variants["int4 group 32 samplemind VNNI"] = (ours4, torch.bfloat16)  # type: ignore[assignment]
+        variants[f"int4 group 32 samplemind {isa}"] = (ours4, torch.bfloat16)  # type: ignore[assignment]
     else:
         print(f"samplemind-gen's kernels skipped: {native_kernels.reason()}")
     return variants
