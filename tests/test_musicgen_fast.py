@@ -420,6 +420,25 @@ def test_cuda_bf16_streaming_and_cancel(tiny_musicgen: Path):  # pragma: no cove
 
 
 @cuda
+def test_cuda_capture_failure_falls_back(tiny_musicgen: Path, monkeypatch):  # pragma: no cover
+    """A torch or driver that cannot capture the whole step: the take is still made (decoder-only
+    graph), the same as the eager static step, and the engine stops retrying."""
+    from samplemind_gen.engines import musicgen_cuda
+
+    def refuse(take_step):  # type: ignore[no-untyped-def]
+        raise RuntimeError("capture not supported (injected)")
+
+    engine = load(tiny_musicgen, device="cuda")
+    req = [GenerationRequest(PROMPT, duration=0.5, seed=1)]
+    expected = engine.generate(req, greedy=True)[0].audio
+    monkeypatch.setattr(musicgen_cuda, "capture_take_graph", refuse)
+    engine2 = load(tiny_musicgen, device="cuda")
+    fallback = engine2.generate(req, greedy=True)[0].audio
+    assert engine2.graph_whole_step is False and fallback.shape == expected.shape
+    assert np.isfinite(fallback).all()
+
+
+@cuda
 def test_cuda_compiled_step(tiny_musicgen: Path):  # pragma: no cover - GPU only
     engine = load(tiny_musicgen, device="cuda", compile=True)
     req = [GenerationRequest(PROMPT, duration=0.5, seed=1)]

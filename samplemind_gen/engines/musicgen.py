@@ -487,7 +487,14 @@ class MusicGenEngine:
             sampling=sampling,
             step=self._compiled_step,
         )
-        return capture_take_graph(take_step) if graphs else take_step
+        if not graphs:
+            return take_step
+        try:
+            return capture_take_graph(take_step)
+        except RuntimeError as exc:  # a torch/driver that cannot capture this step
+            log.warning("CUDA graph of the whole step failed (%s); graphing the decoder only", exc)
+            self.graph_whole_step = False  # not retried on this engine
+            return None
 
     def _step_function(self, encoder_states: Any, encoder_mask: Any, steps: int, rows: int) -> Any:
         """`step(ids, position) -> logits (rows, vocab)` for the chosen decode path."""
@@ -515,7 +522,12 @@ class MusicGenEngine:
             return hf_step
         self.cached_decoder.begin(encoder_states, encoder_mask, steps)
         if self.use_cuda_graphs and self.device.startswith("cuda"):
-            return CudaGraphStep(self.cached_decoder, rows, self.device).step
+            try:
+                return CudaGraphStep(self.cached_decoder, rows, self.device).step
+            except RuntimeError as exc:
+                log.warning("CUDA graph of the decoder step failed (%s); running it eagerly", exc)
+                self.use_cuda_graphs = False
+                self.cached_decoder.begin(encoder_states, encoder_mask, steps)  # clean cache
         return self.cached_decoder.step
 
     def codes_to_audio(self, codes: Any) -> np.ndarray:

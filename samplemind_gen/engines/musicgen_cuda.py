@@ -85,20 +85,23 @@ class CudaTakeGraph:
         graph = torch.cuda.CUDAGraph()
         for g in generators:
             graph.register_generator_state(g)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
-            for _ in range(2):
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+                for _ in range(2):
+                    take_step()
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph):
                 take_step()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(graph):
-            take_step()
-        self.graph = graph
-        # Warm-up wrote junk ids into columns 1-2 and the cache's first slots, and drew from
-        # the generators: rewind. Step t writes column t + 1 before any step reads it.
-        for g, state in zip(generators, saved, strict=True):
-            g.set_state(state)
-        take_step.position.zero_()
+            self.graph = graph
+        finally:
+            # Warm-up wrote junk ids into columns 1-2 and the cache's first slots, and drew from
+            # the generators: rewind (also when capture failed and the caller falls back).
+            # Step t writes column t + 1 before any step reads it.
+            for g, state in zip(generators, saved, strict=True):
+                g.set_state(state)
+            take_step.position.zero_()
 
     def replay(self) -> None:
         self.graph.replay()
