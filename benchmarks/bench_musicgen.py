@@ -104,6 +104,10 @@ def current_rss_mb() -> float:
 
 def worker(mode: str, checkpoint: Path) -> None:
     """Load one mode, then answer each line on stdin ("<duration>") with one JSON result line."""
+    if "baseline" not in mode:  # what samplemind-gen's front ends do (transformers: no change)
+        from samplemind_gen.devices import keep_cpu_threads_warm
+
+        keep_cpu_threads_warm()
     import torch
 
     torch.set_grad_enabled(False)

@@ -71,3 +71,26 @@ def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 / AMX), where bf16 is a real win."""
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# Iterations an OpenMP worker thread spins for more work before it sleeps (libgomp's default:
+# about 5 ms here). A decode step is ~170 parallel kernels with small single-threaded ops
+# between them; at this count (~0.3 s of spinning after the last one) the workers never sleep
+# within a take. Measured on 8 s takes: int4 22.3 -> 18.7 ms/step, int8 23.5 -> 22.6, first sound
+# 0.95 -> 0.6 s; transformers' own generate gained nothing (0.97x).
+OMP_SPIN_COUNT = "20000000"
+
+
+def keep_cpu_threads_warm() -> bool:
+    """Set libgomp's spin count (`OMP_SPIN_COUNT`) unless the user set one. Only works before
+    torch is first imported (libgomp reads it at start): the front ends call it first thing.
+    True when it was applied."""
+    import os
+    import sys
+
+    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ:
+        return False
+    if os.environ.get("OMP_WAIT_POLICY"):
+        return False
+    os.environ["GOMP_SPINCOUNT"] = OMP_SPIN_COUNT
+    return True

@@ -206,3 +206,29 @@ def test_every_instruction_set_path_computes_the_same_products(isa: str):
     # int8: per-channel weights, 8-bit activations (7-bit on AVX2); int4: 16 levels per group.
     assert out["int8"] < (0.03 if isa == "avx2" else 0.02)
     assert 0.02 < out["int4"] < 0.15
+
+
+def test_front_ends_keep_openmp_threads_spinning_unless_the_user_chose():
+    """The CLI (and the TUI it starts) sets libgomp's spin count before torch is imported, so the
+    workers do not fall asleep between a decode step's ~170 parallel kernels; a user's own
+    GOMP_SPINCOUNT or OMP_WAIT_POLICY wins."""
+    code = (
+        "import os, sys\n"
+        "from samplemind_gen.cli.main import main\n"
+        "main(['models', 'list'])\n"
+        "print('SPIN', os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)\n"
+    )
+    from samplemind_gen.devices import OMP_SPIN_COUNT
+
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    for extra, expected in (
+        ({}, OMP_SPIN_COUNT),
+        ({"GOMP_SPINCOUNT": "1000"}, "1000"),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, "None"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = [ln for ln in done.stdout.splitlines() if ln.startswith("SPIN")][-1]
+        assert line.split()[1] == expected

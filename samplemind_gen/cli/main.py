@@ -49,6 +49,9 @@ def _optional_module(name: str):  # type: ignore[no-untyped-def]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from samplemind_gen.devices import keep_cpu_threads_warm
+
+    keep_cpu_threads_warm()  # before torch is imported anywhere
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
