@@ -88,9 +88,11 @@ def keep_cpu_threads_warm() -> bool:
     import os
     import sys
 
-    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ:
-        return False
-    if os.environ.get("OMP_WAIT_POLICY"):
+    if (
+        "torch" in sys.modules
+        or "GOMP_SPINCOUNT" in os.environ
+        or os.environ.get("OMP_WAIT_POLICY")
+    ):
         return False
     os.environ["GOMP_SPINCOUNT"] = OMP_SPIN_COUNT
     return True

@@ -35,7 +35,7 @@ from samplemind_gen.devices import (
 from samplemind_gen.engines.base import LoadOptions, ProgressCallback, check_cancel, fit_length
 from samplemind_gen.engines.encodec_windows import WindowedDecoder
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder, CudaGraphStep
-from samplemind_gen.engines.musicgen_sampling import apply_guidance, choose_tokens
+from samplemind_gen.engines.musicgen_sampling import next_tokens
 from samplemind_gen.engines.musicgen_stream import (
     AudioCallback,
     ChunkedAudioDecoder,
@@ -433,10 +433,8 @@ class MusicGenEngine:
                     ]
                     if cfg:
                         step_ids = step_ids.repeat((2, 1))
-                    logits = step_fn(step_ids, step).to(dtype=torch.float32)
-                    if cfg:
-                        logits = apply_guidance(logits, request.guidance_scale)
-                    current[:, step + 1] = choose_tokens(logits, **sampling)
+                    logits = step_fn(step_ids, step)
+                    current[:, step + 1] = next_tokens(logits, request.guidance_scale, sampling)
                 if stream is not None and not stream.done:
                     columns = step + 2
                     if columns - first_frame_column >= stream.frames_needed():

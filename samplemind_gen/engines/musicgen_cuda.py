@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder
-from samplemind_gen.engines.musicgen_sampling import apply_guidance, choose_tokens
+from samplemind_gen.engines.musicgen_sampling import next_tokens
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class TakeStep:
         ids = torch.where(column == -1, self.current.index_select(1, pos), column)
         if self.cfg:
             ids = ids.repeat((2, 1))
-        logits = self.step_fn(ids, pos).to(torch.float32)
-        if self.cfg:
-            logits = apply_guidance(logits, self.guidance_scale)
-        chosen = choose_tokens(logits, **self.sampling)
+        chosen = next_tokens(self.step_fn(ids, pos), self.guidance_scale, self.sampling)
         self.current.index_copy_(1, pos + 1, chosen.unsqueeze(1))
         pos.add_(1)
 

@@ -56,6 +56,18 @@ def choose_tokens(
     return torch.cat(picks, dim=0)
 
 
+def next_tokens(logits: Any, guidance_scale: float, sampling: dict[str, Any]) -> Any:
+    """The step's chosen ids from the decoder's logits (any dtype): in fp32, guided when
+    `guidance_scale` > 1, then `choose_tokens(**sampling)`. The eager loop and the CUDA graph's
+    step share it."""
+    import torch
+
+    logits = logits.to(torch.float32)
+    if guidance_scale > 1:
+        logits = apply_guidance(logits, guidance_scale)
+    return choose_tokens(logits, **sampling)
+
+
 def draw(probs: Any, generator: Any) -> Any:
     """One index per row of `probs`, as `torch.multinomial(probs, 1, generator=...)` draws it
     (its one-sample path: argmax of p / q with q ~ Exp(1); the same draws, tested), without

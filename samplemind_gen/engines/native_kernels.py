@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,26 @@ def reason() -> str:
     return str(_state.get("why", ""))
 
 
-def _load() -> bool:
+def _compiler_or_reason() -> tuple[str | None, str]:
+    """(the C++ compiler to build with, "") when the kernels can be built here, else
+    (None, why not): switched off, a CPU without AVX2/FMA/F16C, or no compiler."""
     from samplemind_gen.devices import cpu_flags
 
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return _skip(f"switched off by {ENV_SWITCH}")
+        return None, f"switched off by {ENV_SWITCH}"
     missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
     if missing:
-        return _skip(f"the CPU lacks {', '.join(missing)}")
+        return None, f"the CPU lacks {', '.join(missing)}"
     compiler = shutil.which(os.environ.get("CXX") or "g++")
     if compiler is None:
-        return _skip("no C++ compiler (g++ or $CXX) found")
+        return None, "no C++ compiler (g++ or $CXX) found"
+    return compiler, ""
+
+
+def _load() -> bool:
+    compiler, why = _compiler_or_reason()
+    if compiler is None:
+        return _skip(why)
     try:
         import torch
 
@@ -116,13 +126,9 @@ def _command(compiler: str, output: Path) -> list[str]:
 
 def will_compile() -> bool:
     """True when `available()` would compile the kernels first (~10 s): the front ends say so."""
-    from samplemind_gen.devices import cpu_flags
-
-    if "ok" in _state or any(f not in cpu_flags() for f in REQUIRED_FLAGS):
+    if "ok" in _state:
         return False
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    compiler = shutil.which(os.environ.get("CXX") or "g++")
+    compiler, _ = _compiler_or_reason()
     try:
         return compiler is not None and not _library_path(compiler).is_file()
     except (OSError, subprocess.SubprocessError):
@@ -131,9 +137,15 @@ def will_compile() -> bool:
 
 def _library_path(compiler: str) -> Path:
     """Where the library for this source, torch and compiler is cached."""
-    import torch
-
     from samplemind_gen.paths import kernel_cache_dir
+
+    return kernel_cache_dir() / f"vnni-{_build_key(compiler)}.so"
+
+
+@lru_cache(maxsize=4)
+def _build_key(compiler: str) -> str:
+    """A hash of the source, torch's version and the compiler's (asked once per process)."""
+    import torch
 
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30
@@ -141,7 +153,7 @@ def _library_path(compiler: str) -> Path:
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(f"{torch.__version__}|{version}".encode())
-    return kernel_cache_dir() / f"vnni-{key.hexdigest()[:16]}.so"
+    return key.hexdigest()[:16]
 
 
 def _build(compiler: str) -> Path:
