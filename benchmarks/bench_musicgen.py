@@ -14,8 +14,10 @@ Modes: baseline (transformers generate, fp32), fp32, bf16 (oneDNN-packed where t
 bf16), fp16 (fp16 weights packed for fbgemm, fp32 math: the CPU default where there is no native
 bf16), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's VNNI kernels where the CPU
 has AVX512-VNNI, "int8-fbgemm" and "int4-aten" on PyTorch's kernels instead), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
-and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), and "bf16-plain": our
-loop over plain bf16 modules (what bf16 is without oneDNN weight packing).
+and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), "bf16-plain": our
+loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and "-sdpa" variants
+of bf16, int8 and int4: PyTorch's sdpa over bf16 caches instead of samplemind-gen's attention
+kernel (int8 caches in the quantized modes).
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -44,6 +46,10 @@ MODES = (
     "bf16-plain",
     "int8-fbgemm",
     "int4-aten",
+    # ours with PyTorch's sdpa (bf16 caches) instead of samplemind-gen's attention kernel
+    "bf16-sdpa",
+    "int8-sdpa",
+    "int4-sdpa",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -145,6 +151,8 @@ def worker(mode: str, checkpoint: Path) -> None:
         engine = load_engine(resolve_model(str(checkpoint)), options)
         if variant == "hf":
             engine.decode_with = "transformers"
+        if variant == "sdpa":
+            engine.cached_decoder.native_attention = False
         run = engine_runner(engine)
     loaded = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": current_rss_mb()}
     loaded["peak_rss_load_mb"] = peak_rss_mb()

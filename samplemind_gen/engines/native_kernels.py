@@ -1,4 +1,4 @@
-"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`), compiled for this machine on first use.
+"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`, `kernels/attention.cpp`), compiled for this machine on first use.
 
 MusicGen's decode step multiplies two activation rows by every decoder weight matrix, so its
 speed is how fast the weights stream from memory. The kernels here (int8 and 4-bit weights, int8
@@ -29,7 +29,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "vnni.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "vnni.cpp", KERNELS / "attention.cpp")  # plus their headers (*.h)
 ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
 # The least the kernels need (their AVX2 path); AVX-VNNI and AVX512-VNNI paths are chosen at run
 # time where the CPU has them (`isa()`). The library itself is built for plain x86-64.
@@ -114,7 +115,7 @@ def _command(compiler: str, output: Path) -> list[str]:
         "-fopenmp",  # at::parallel_for is OpenMP in torch's CPU builds (its own libgomp)
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
-        str(SOURCE),
+        *(str(source) for source in SOURCES),
         f"-L{lib}",
         "-lc10",
         "-ltorch_cpu",
@@ -151,7 +152,8 @@ def _build_key(compiler: str) -> str:
         [compiler, "--version"], capture_output=True, text=True, timeout=30
     ).stdout.splitlines()[:1]
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in sorted(KERNELS.glob("*.cpp")) + sorted(KERNELS.glob("*.h")):
+        key.update(source.name.encode() + source.read_bytes())
     key.update(f"{torch.__version__}|{version}".encode())
     return key.hexdigest()[:16]
 

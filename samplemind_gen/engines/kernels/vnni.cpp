@@ -28,6 +28,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "isa.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -44,30 +46,8 @@ namespace {
 #define SMG_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define SMG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
-enum class Isa { kAvx2, kAvxVnni, kAvx512 };
-
-// The best path this CPU runs, once; SAMPLEMIND_GEN_KERNEL_ISA=avx2|avxvnni|avx512 picks a lower
-// one (tests run every path on one machine).
-Isa kernel_isa_choice() {
-  static const Isa chosen = [] {
-    __builtin_cpu_init();
-    Isa best = Isa::kAvx2;
-    if (__builtin_cpu_supports("avxvnni")) best = Isa::kAvxVnni;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
-      best = Isa::kAvx512;
-    }
-    const char* forced = std::getenv("SAMPLEMIND_GEN_KERNEL_ISA");
-    if (forced != nullptr) {
-      const std::string want(forced);
-      const Isa asked = want == "avx2" ? Isa::kAvx2 : want == "avxvnni" ? Isa::kAvxVnni
-                                                                           : Isa::kAvx512;
-      if (static_cast<int>(asked) < static_cast<int>(best)) best = asked;
-    }
-    return best;
-  }();
-  return chosen;
-}
+using samplemind_kernels::Isa;
+using samplemind_kernels::kernel_isa_choice;
 
 std::string kernel_isa() {
   switch (kernel_isa_choice()) {

@@ -1,0 +1,155 @@
+// The body of attention.cpp's kernels, written once against `Vec` (W float lanes: one AVX-512
+// register or one AVX2 register, defined just before this file is included). attention.cpp
+// includes it once per path, each time inside its own namespace and under its own
+// `#pragma GCC target`. No include guard: that is the point.
+
+// One value of a cache or query row as float: fp32, bf16 (its bits), int8 (times its row scale,
+// applied by the caller).
+inline float as_float(const float* p, int64_t j) { return p[j]; }
+inline float as_float(const uint16_t* p, int64_t j) {
+  return std::bit_cast<float>(static_cast<uint32_t>(p[j]) << 16);
+}
+inline float as_float(const int8_t* p, int64_t j) { return static_cast<float>(p[j]); }
+
+// exp(x) for x <= 0 (or -inf: 0): Cephes' expf, a degree-6 polynomial on [-ln2/2, ln2/2] times
+// 2^n, within ~2 ulp of std::exp. Below -87 it returns 0 (the true value is under 1.7e-38, against
+// a largest term of 1). `Vec::exp_nonpositive` is the same, W lanes at a time.
+inline float exp_nonpositive(float x) {
+  const bool tiny = x < -87.0f;
+  x = tiny ? -87.0f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return tiny ? 0.0f : p * two_n;
+}
+
+// One query row (D floats, already times the softmax scale) against `n` cached rows:
+// out = softmax(q . K[t] * ks[t] + bias[t]) @ (V[t] * vs[t]). `ks`, `vs` (int8 caches' row
+// scales) and `bias` (an additive mask) may be null. `s` holds n floats of scratch. A row whose
+// every position is masked (-inf) gives zeros, as sdpa does.
+template <int D, typename T>
+inline void attend(const float* __restrict q, const T* __restrict K, const T* __restrict V,
+                   const float* __restrict ks, const float* __restrict vs,
+                   const float* __restrict bias, int64_t n, float* __restrict s,
+                   float* __restrict out) {
+  constexpr int kParts = D / Vec::W;
+  typename Vec::R qv[kParts];
+  for (int i = 0; i < kParts; ++i) qv[i] = Vec::load(q + i * Vec::W);
+  for (int64_t t = 0; t < n; ++t) {
+    const T* k = K + t * D;
+    typename Vec::R acc = Vec::mul(qv[0], Vec::load(k));
+    for (int i = 1; i < kParts; ++i) acc = Vec::fma(qv[i], Vec::load(k + i * Vec::W), acc);
+    s[t] = Vec::hsum(acc);
+  }
+  if (ks != nullptr) {
+    for (int64_t t = 0; t < n; ++t) s[t] *= ks[t];
+  }
+  if (bias != nullptr) {
+    for (int64_t t = 0; t < n; ++t) s[t] += bias[t];
+  }
+  float top = -__builtin_inff();
+  for (int64_t t = 0; t < n; ++t) top = s[t] > top ? s[t] : top;
+  if (top == -__builtin_inff()) {
+    for (int64_t j = 0; j < D; ++j) out[j] = 0.0f;
+    return;
+  }
+  // Softmax weights (unnormalized), W at a time, then the rest one by one.
+  const typename Vec::R shift = Vec::set1(top);
+  typename Vec::R total = Vec::zero();
+  int64_t t = 0;
+  for (; t + Vec::W <= n; t += Vec::W) {
+    const typename Vec::R p = Vec::exp_nonpositive(Vec::sub(Vec::load(s + t), shift));
+    total = Vec::add(total, p);
+    Vec::store(s + t, vs != nullptr ? Vec::mul(p, Vec::load(vs + t)) : p);
+  }
+  float sum = Vec::hsum(total);
+  for (; t < n; ++t) {
+    const float p = exp_nonpositive(s[t] - top);
+    sum += p;
+    s[t] = vs != nullptr ? p * vs[t] : p;
+  }
+  typename Vec::R acc[kParts];
+  for (int i = 0; i < kParts; ++i) acc[i] = Vec::zero();
+  for (int64_t u = 0; u < n; ++u) {
+    const T* v = V + u * D;
+    const typename Vec::R w = Vec::set1(s[u]);
+    for (int i = 0; i < kParts; ++i) acc[i] = Vec::fma(w, Vec::load(v + i * Vec::W), acc[i]);
+  }
+  const typename Vec::R inv = Vec::set1(1.0f / sum);
+  for (int i = 0; i < kParts; ++i) Vec::store(out + i * Vec::W, Vec::mul(acc[i], inv));
+}
+
+// D values from fp32 / bf16 storage into a cache row: fp32, bf16 (round to nearest even, as
+// PyTorch converts) or int8 with one scale (max |x| / 127; returned through `scale`).
+template <int D, typename S>
+inline void store_row(const S* x, float* dst, float* /*scale*/) {
+  for (int64_t j = 0; j < D; ++j) dst[j] = as_float(x, j);
+}
+template <int D, typename S>
+inline void store_row(const S* x, uint16_t* dst, float* /*scale*/) {
+  for (int64_t j = 0; j < D; ++j) {
+    const uint32_t bits = std::bit_cast<uint32_t>(as_float(x, j));
+    const uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
+    dst[j] = static_cast<uint16_t>((bits + rounding) >> 16);  // finite inputs (activations)
+  }
+}
+template <int D, typename S>
+inline void store_row(const S* x, int8_t* dst, float* scale) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < D; ++j) {
+    const float a = __builtin_fabsf(as_float(x, j));
+    amax = a > amax ? a : amax;
+  }
+  const float step = amax > 0.0f ? amax / 127.0f : 1.0f;
+  const float inv = 1.0f / step;
+  for (int64_t j = 0; j < D; ++j) {
+    dst[j] = static_cast<int8_t>(__builtin_nearbyintf(as_float(x, j) * inv));
+  }
+  *scale = step;
+}
+
+// One (row, head) of self-attention: the step's key and value into the cache at `position`,
+// then the query against positions 0 .. position.
+template <int D, typename S, typename T>
+void self_task(const SelfArgs& a, int64_t task, float* scratch) {
+  const int64_t row = task / a.heads;
+  const int64_t head = task % a.heads;
+  const int64_t width = a.heads * D;
+  const S* qkv = static_cast<const S*>(a.qkv) + row * 3 * width + head * D;
+  const int64_t slot = task * a.capacity;  // (row, head) block of the cache, in rows of D
+  T* keys = static_cast<T*>(a.keys) + slot * D;
+  T* values = static_cast<T*>(a.values) + slot * D;
+  float* ks = a.key_scales == nullptr ? nullptr : a.key_scales + slot;
+  float* vs = a.value_scales == nullptr ? nullptr : a.value_scales + slot;
+  float unused = 0.0f;
+  store_row<D>(qkv + width, keys + a.position * D, ks ? ks + a.position : &unused);
+  store_row<D>(qkv + 2 * width, values + a.position * D, vs ? vs + a.position : &unused);
+  alignas(64) float q[D];
+  for (int64_t j = 0; j < D; ++j) q[j] = as_float(qkv, j) * a.scale;
+  attend<D>(q, keys, values, ks, vs, nullptr, a.position + 1, scratch,
+            a.out + row * width + head * D);
+}
+
+// One (row, head) of cross-attention over the prompt's cached keys and values.
+template <int D, typename S, typename T>
+void cross_task(const CrossArgs& a, int64_t task, float* scratch) {
+  const int64_t row = task / a.heads;
+  const int64_t head = task % a.heads;
+  const int64_t width = a.heads * D;
+  const S* qs = static_cast<const S*>(a.q) + row * width + head * D;
+  const T* keys = static_cast<const T*>(a.keys) + task * a.length * D;
+  const T* values = static_cast<const T*>(a.values) + task * a.length * D;
+  const float* bias = a.bias == nullptr ? nullptr : a.bias + (a.bias_per_row ? row * a.length : 0);
+  alignas(64) float q[D];
+  for (int64_t j = 0; j < D; ++j) q[j] = as_float(qs, j) * a.scale;
+  attend<D>(q, keys, values, nullptr, nullptr, bias, a.length, scratch,
+            a.out + row * width + head * D);
+}

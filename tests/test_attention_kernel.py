@@ -1,0 +1,231 @@
+"""samplemind-gen's attention kernel (kernels/attention.cpp): one op per attention of MusicGen's
+decode step, with fp32, bf16 or int8 caches. Checked against PyTorch's sdpa over the same cache
+contents, on every instruction-set path, on any number of threads, and in the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from samplemind_gen.engines import native_kernels
+
+needs_kernels = pytest.mark.skipif(
+    not native_kernels.available(), reason=f"no native kernels here: {native_kernels.reason()}"
+)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def run_self_attention(
+    rows: int, heads: int, dim: int, steps: int, cache: torch.dtype, act: torch.dtype, seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor | None]]:
+    """`steps` decode steps through the op; returns each step's output, its qkv input, and the
+    caches (with their scales for int8)."""
+    gen = torch.Generator().manual_seed(seed)
+    capacity = steps + 3
+    shape = (rows, heads, capacity, dim)
+    keys, values = torch.zeros(shape, dtype=cache), torch.zeros(shape, dtype=cache)
+    scales = (
+        (torch.zeros(shape[:3]), torch.zeros(shape[:3])) if cache == torch.int8 else (None, None)
+    )
+    outs, inputs = [], []
+    for position in range(steps):
+        qkv = (2 * torch.randn(rows, 1, 3 * heads * dim, generator=gen)).to(act)
+        out = torch.ops.samplemind.self_attention(
+            qkv, keys, values, scales[0], scales[1], position, dim**-0.5
+        )
+        outs.append(out)
+        inputs.append(qkv)
+    return outs, inputs, {"keys": keys, "values": values, "ks": scales[0], "vs": scales[1]}
+
+
+def dequantized(cache: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    return cache.float() * scales[..., None] if scales is not None else cache.float()
+
+
+@needs_kernels
+@pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [16, 64])
+def test_self_attention_writes_the_cache_and_matches_sdpa(cache, act, dim):
+    rows, heads, steps = 2, 3, 21
+    outs, inputs, c = run_self_attention(rows, heads, dim, steps, cache, act)
+    width = heads * dim
+    keys, values = dequantized(c["keys"], c["ks"]), dequantized(c["values"], c["vs"])
+    for position, (out, qkv) in enumerate(zip(outs, inputs, strict=True)):
+        assert out.shape == (rows, 1, width) and out.dtype == act
+        k_new = qkv[..., width : 2 * width].float().view(rows, heads, dim)
+        v_new = qkv[..., 2 * width :].float().view(rows, heads, dim)
+        if cache == torch.int8:  # within half a quantization step of its row
+            step = c["ks"][:, :, position, None]
+            assert ((keys[:, :, position] - k_new).abs() <= step / 2 + 1e-6).all()
+            assert rel_err(values[:, :, position], v_new) < 0.01
+        else:  # exactly what PyTorch's conversion gives
+            assert torch.equal(c["keys"][:, :, position], k_new.to(cache))
+            assert torch.equal(c["values"][:, :, position], v_new.to(cache))
+        q = qkv[..., :width].float().view(rows, 1, heads, dim).transpose(1, 2)
+        end = position + 1
+        ref = F.scaled_dot_product_attention(
+            q, keys[:, :, :end], values[:, :, :end], scale=dim**-0.5
+        )
+        ref = ref.transpose(1, 2).reshape(rows, 1, width)
+        tolerance = 1e-5 if act == torch.float32 else 8e-3  # bf16 output rounding
+        assert rel_err(out, ref) < tolerance
+    assert not c["keys"][:, :, steps:].any()  # nothing written past the last step
+
+
+@needs_kernels
+@pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])
+def test_cross_attention_matches_sdpa_with_the_prompt_mask(cache):
+    torch.manual_seed(1)
+    rows, heads, dim, tokens = 4, 2, 32, 13
+    q = torch.randn(rows, 1, heads * dim)
+    keys = torch.randn(rows, heads, tokens, dim).to(cache)
+    values = torch.randn(rows, heads, tokens, dim).to(cache)
+    mask = torch.zeros(rows, tokens)
+    mask[1, 9:] = float("-inf")  # a shorter prompt
+    mask[3] = float("-inf")  # a fully masked row: zeros, as sdpa gives
+    out = torch.ops.samplemind.cross_attention(q, keys, values, mask, 0.2)
+    ref = F.scaled_dot_product_attention(
+        q.view(rows, 1, heads, dim).transpose(1, 2),
+        keys.float(),
+        values.float(),
+        attn_mask=mask[:, None, None, :],
+        scale=0.2,
+    ).transpose(1, 2)
+    ref = ref.reshape(rows, 1, heads * dim)
+    assert rel_err(out, ref) < 1e-5
+    assert (out[3] == 0).all()
+    shared = torch.ops.samplemind.cross_attention(q, keys, values, mask[1].contiguous(), 0.2)
+    ref_shared = F.scaled_dot_product_attention(
+        q.view(rows, 1, heads, dim).transpose(1, 2),
+        keys.float(),
+        values.float(),
+        attn_mask=mask[1].view(1, 1, 1, tokens),
+        scale=0.2,
+    ).transpose(1, 2)
+    assert rel_err(shared, ref_shared.reshape(rows, 1, heads * dim)) < 1e-5
+    unmasked = torch.ops.samplemind.cross_attention(q, keys, values, None, 0.2)
+    assert rel_err(unmasked[1], out[1]) > 1e-3  # the mask did something
+
+
+@needs_kernels
+def test_bad_shapes_are_refused_with_a_message():
+    keys = torch.zeros(1, 2, 4, 16)
+    with pytest.raises(RuntimeError, match="position past the cache"):
+        torch.ops.samplemind.self_attention(
+            torch.zeros(1, 1, 96), keys, keys.clone(), None, None, 4, 1.0
+        )
+    with pytest.raises(RuntimeError, match="int8 caches need fp32 scales"):
+        k8 = keys.to(torch.int8)
+        torch.ops.samplemind.self_attention(
+            torch.zeros(1, 1, 96), k8, k8.clone(), None, None, 0, 1.0
+        )
+    with pytest.raises(RuntimeError, match="unsupported head size"):
+        odd = torch.zeros(1, 2, 4, 24)
+        torch.ops.samplemind.self_attention(
+            torch.zeros(1, 1, 144), odd, odd.clone(), None, None, 0, 1.0
+        )
+
+
+@needs_kernels
+def test_attention_gives_the_same_result_on_any_number_of_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _, _ = run_self_attention(2, 16, 64, 40, torch.int8, torch.float32)
+        torch.set_num_threads(2)
+        two, _, _ = run_self_attention(2, 16, 64, 40, torch.int8, torch.float32)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+ISA_CHECK = """
+import json, torch, torch.nn.functional as F
+from samplemind_gen.engines import native_kernels
+torch.manual_seed(0)
+out = {"isa": native_kernels.isa()}
+rows, heads, dim, cap = 2, 4, 64, 50
+for cache in (torch.bfloat16, torch.int8):
+    keys, values = torch.zeros(rows, heads, cap, dim, dtype=cache), torch.zeros(rows, heads, cap, dim, dtype=cache)
+    ks = vs = None
+    if cache == torch.int8:
+        ks, vs = torch.zeros(rows, heads, cap), torch.zeros(rows, heads, cap)
+    for p in range(37):  # 37: the vector loops' tails too
+        qkv = torch.randn(rows, 1, 3 * heads * dim)
+        a = torch.ops.samplemind.self_attention(qkv, keys, values, ks, vs, p, 0.125)
+    k = keys.float() * (ks[..., None] if ks is not None else 1)
+    v = values.float() * (vs[..., None] if vs is not None else 1)
+    q = qkv[..., : heads * dim].view(rows, 1, heads, dim).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(q, k[:, :, :37], v[:, :, :37], scale=0.125)
+    ref = ref.transpose(1, 2).reshape(rows, 1, heads * dim)
+    out[str(cache)] = float((a - ref).norm() / ref.norm())
+print(json.dumps(out))
+"""
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_every_instruction_set_path_attends_alike(isa: str):
+    """AVX-512 (16 lanes) and AVX2 (8 lanes; AVX-VNNI CPUs use it too) give sdpa's result over
+    the same cache contents."""
+    from samplemind_gen.devices import cpu_flags
+
+    if {"avx512": "avx512_vnni", "avx2": "avx2"}[isa] not in cpu_flags():
+        pytest.skip(f"this CPU has no {isa}")
+    done = subprocess.run(
+        [sys.executable, "-c", ISA_CHECK],
+        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["isa"] == {"avx512": "avx512vnni", "avx2": "avx2"}[isa]
+    assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_the_engine_attends_through_the_kernel_in_packed_modes(tiny_musicgen: Path, mode: str):
+    """Packed CPU modes run each attention as one kernel op (int8 caches in the quantized modes);
+    takes are reproducible, and close to the same mode on PyTorch's sdpa."""
+    import numpy as np
+
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+    from samplemind_gen.request import GenerationRequest
+
+    options = LoadOptions(dtype="bfloat16") if mode == "bf16" else LoadOptions(quantize="int8")
+    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
+    decoder = engine.cached_decoder
+    assert decoder.native_attention and decoder.int8_cache == (mode == "int8")
+    seen: list[tuple[bool, torch.dtype]] = []
+    step = decoder.step
+
+    def spy(ids, position):  # type: ignore[no-untyped-def]
+        seen.append((decoder._native, decoder._keys[0].dtype))
+        return step(ids, position)
+
+    decoder.step = spy  # type: ignore[method-assign]
+    request = [GenerationRequest("dub techno chords", duration=0.5, seed=4, top_k=0)]
+    a = engine.generate(request)[0].audio
+    assert engine.generate(request)[0].audio.tobytes() == a.tobytes()
+    cache = torch.int8 if mode == "int8" else torch.bfloat16
+    assert seen and set(seen) == {(True, cache)}
+    decoder.native_attention = False
+    seen.clear()
+    b = engine.generate(request)[0].audio
+    assert set(seen) == {(False, torch.bfloat16)}
+    assert a.shape == b.shape and np.isfinite(a).all()
