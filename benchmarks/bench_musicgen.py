@@ -16,8 +16,9 @@ bf16), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's 
 has AVX512-VNNI, "int8-fbgemm" and "int4-aten" on PyTorch's kernels instead), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
 and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), "bf16-plain": our
 loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and "-sdpa" variants
-of bf16, int8 and int4: PyTorch's sdpa over bf16 caches instead of samplemind-gen's attention
-kernel (int8 caches in the quantized modes).
+"-unfused" variants of bf16, int8 and int4: the step on PyTorch's sdpa (bf16 caches), layer
+norm, add and GELU instead of samplemind-gen's step ops (one op per attention, int8 caches in the
+quantized modes, add + layer norm fused, GELU inside the fc1 kernel).
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -46,10 +47,11 @@ MODES = (
     "bf16-plain",
     "int8-fbgemm",
     "int4-aten",
-    # ours with PyTorch's sdpa (bf16 caches) instead of samplemind-gen's attention kernel
-    "bf16-sdpa",
-    "int8-sdpa",
-    "int4-sdpa",
+    # ours on PyTorch's sdpa (bf16 caches), layer norm, add and GELU instead of samplemind-gen's
+    # step ops (kernels/step_ops.cpp)
+    "bf16-unfused",
+    "int8-unfused",
+    "int4-unfused",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -151,7 +153,7 @@ def worker(mode: str, checkpoint: Path) -> None:
         engine = load_engine(resolve_model(str(checkpoint)), options)
         if variant == "hf":
             engine.decode_with = "transformers"
-        if variant == "sdpa":
+        if variant == "unfused":
             engine.cached_decoder.native_attention = False
         run = engine_runner(engine)
     loaded = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": current_rss_mb()}

@@ -87,6 +87,8 @@ class CachedDecoder:
             and not static
             and self.fused
             and self.head_dim in (16, 32, 64, 128)
+            and self.hidden % 16 == 0
+            and self.core.layer_norm.bias is not None  # add_layer_norm takes a bias
             and device.type == "cpu"
         )
         cache = self.cache_dtype or self.dtype
@@ -175,7 +177,7 @@ class CachedDecoder:
         for plan, keys, values, (ck, cv) in zip(
             self._plan, self._keys, self._values, self._cross, strict=True
         ):
-            (ln1, qkv, q_p, k_p, v_p, out1, ln2, cq, out2, ln3, fc1, act, fc2) = plan
+            (ln1, qkv, q_p, k_p, v_p, out1, ln2, cq, out2, ln3, fc1, act, fc2, _) = plan
             y = layer_norm(x, (self.hidden,), *ln1)
             if qkv is not None:
                 fused = qkv(y)
@@ -205,36 +207,41 @@ class CachedDecoder:
         return self._logits(x)
 
     def _step_native(self, input_ids: Any, position: int) -> Any:
-        """`step` with each attention one op of samplemind-gen's kernel (`kernels/attention.cpp`):
-        the new key and value go into the cache (bf16, fp32 or int8) inside it."""
+        """`step` on samplemind-gen's step ops (`kernels/step_ops.cpp`): each attention one op
+        (the new key and value go into the cache, bf16, fp32 or int8, inside it), each residual
+        add fused with the layer norm after it, and GELU inside the fc1 kernel where it has one.
+        Per layer 9 ops instead of ~40."""
         import torch
         import torch.nn.functional as F
 
-        self_attention = torch.ops.samplemind.self_attention
-        cross_attention = torch.ops.samplemind.cross_attention
-        layer_norm = F.layer_norm
+        ops = torch.ops.samplemind
+        self_attention, cross_attention, add_norm = (
+            ops.self_attention,
+            ops.cross_attention,
+            ops.add_layer_norm,
+        )
         x = self.embed(input_ids, position)
-        hidden = (self.hidden,)
         scale = self.scaling
         cross_mask = self._cross_mask
-        for plan, keys, values, key_scales, value_scales, (ck, cv) in zip(
+        norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
+        y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
+        for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in zip(
             self._plan,
             self._keys,
             self._values,
             self._key_scales,
             self._value_scales,
             self._cross,
+            norms,
             strict=True,
         ):
-            (ln1, qkv, _, _, _, out1, ln2, cq, out2, ln3, fc1, act, fc2) = plan
-            y = layer_norm(x, hidden, *ln1)
+            (_, qkv, _, _, _, out1, ln2, cq, out2, ln3, fc1, act, fc2, fc1_gelu) = plan
             a = self_attention(qkv(y), keys, values, key_scales, value_scales, position, scale)
-            x = x + out1(a)
-            y = layer_norm(x, hidden, *ln2)
-            x = x + out2(cross_attention(cq(y), ck, cv, cross_mask, scale))
-            y = layer_norm(x, hidden, *ln3)
-            x = x + fc2(act(fc1(y)))
-        return self._logits(x)
+            x, y = add_norm(x, out1(a), *ln2)
+            x, y = add_norm(x, out2(cross_attention(cq(y), ck, cv, cross_mask, scale)), *ln3)
+            h = fc1_gelu(y) if fc1_gelu is not None else act(fc1(y))
+            x, y = add_norm(x, fc2(h), *next_norm)
+        return self._head_logits(y)
 
     def _build_plan(self) -> list[tuple[Any, ...]]:
         """Per layer: layer-norm arguments and direct kernel callables, in `step`'s order."""
@@ -258,6 +265,7 @@ class CachedDecoder:
                     direct(layer.fc1),
                     getattr(act, "act", act),  # transformers' GELUActivation wraps F.gelu
                     direct(layer.fc2),
+                    _with_gelu(layer.fc1, getattr(act, "act", act)),
                 )
             )
         return plan
@@ -320,9 +328,12 @@ class CachedDecoder:
         return residual + y
 
     def _logits(self, x: Any) -> Any:
+        return self._head_logits(self.core.layer_norm(x))
+
+    def _head_logits(self, x: Any) -> Any:
+        """The LM heads over the final layer norm's output."""
         import torch
 
-        x = self.core.layer_norm(x)
         heads = self._heads or self.lm.lm_heads
         logits = torch.stack([head(x) for head in heads], dim=1)
         return logits.reshape(-1, logits.shape[-1])
@@ -330,6 +341,17 @@ class CachedDecoder:
 
 def _norm_args(norm: Any) -> tuple[Any, Any, float]:
     return (norm.weight, norm.bias, float(norm.eps))
+
+
+def _with_gelu(linear: Any, act: Any) -> Any:
+    """gelu(linear(x)) as one kernel call where the packed kernel has one and the activation is
+    F.gelu's exact (erf) GELU; else None."""
+    import torch.nn.functional as F
+
+    kernel = getattr(linear, "kernel", None)
+    if act is not F.gelu or kernel is None or not hasattr(kernel, "with_gelu"):
+        return None
+    return kernel.with_gelu()
 
 
 def direct(linear: Any) -> Any:

@@ -69,6 +69,11 @@ class OneDNNLinear:
     def __call__(self, x: Any) -> Any:
         return self._op(x, self.packed, self.bias, "none", [], "")
 
+    def with_gelu(self) -> Any:
+        """A callable for gelu(self(x)) (erf GELU, as F.gelu), in one oneDNN call."""
+        op, packed, bias = self._op, self.packed, self.bias
+        return lambda x: op(x, packed, bias, "gelu", [], "none")
+
 
 def quantize_decoder(model: Any, mode: str, device: str) -> None:
     """Pack every `nn.Linear` of `model.decoder` in place (`mode` "int8": per-channel int8
@@ -170,6 +175,14 @@ class Int4Linear:
             return False
         return native_kernels.available() or int(linear.out_features) % 16 == 0
 
+    def with_gelu(self) -> Any:
+        """A callable for gelu(self(x)) (erf GELU) applied inside the native kernel; None on
+        aten's kernel."""
+        if not self.native:
+            return None
+        op, nibbles, scales, mins, bias = self._op, self.nibbles, self.scales, self.mins, self.bias
+        return lambda x: op(x, nibbles, scales, mins, bias, "gelu")
+
     def __call__(self, x: Any) -> Any:
         if self.native:
             return self._op(x, self.nibbles, self.scales, self.mins, self.bias)
@@ -227,6 +240,11 @@ class Int8Linear:
 
     def __call__(self, x: Any) -> Any:
         return self._op(x, self.weight, self.scales, self.wsum, self.bias)
+
+    def with_gelu(self) -> Any:
+        """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
+        op, weight, scales, wsum, bias = self._op, self.weight, self.scales, self.wsum, self.bias
+        return lambda x: op(x, weight, scales, wsum, bias, "gelu")
 
 
 def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:

@@ -1,4 +1,4 @@
-"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`, `kernels/attention.cpp`), compiled for this machine on first use.
+"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`, `kernels/step_ops.cpp`), compiled for this machine on first use.
 
 MusicGen's decode step multiplies two activation rows by every decoder weight matrix, so its
 speed is how fast the weights stream from memory. The kernels here (int8 and 4-bit weights, int8
@@ -30,7 +30,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "vnni.cpp", KERNELS / "attention.cpp")  # plus their headers (*.h)
+SOURCES = (KERNELS / "vnni.cpp", KERNELS / "step_ops.cpp")  # plus their headers (*.h)
 ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
 # The least the kernels need (their AVX2 path); AVX-VNNI and AVX512-VNNI paths are chosen at run
 # time where the CPU has them (`isa()`). The library itself is built for plain x86-64.

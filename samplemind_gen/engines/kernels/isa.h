@@ -4,6 +4,7 @@
 // without it.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -33,5 +34,8 @@ inline Isa kernel_isa_choice() {
   }();
   return chosen;
 }
+
+// erf-GELU in place over n floats (step_ops.cpp), for the linear kernels' outputs.
+void gelu_inplace(float* y, int64_t n);
 
 }  // namespace samplemind_kernels

@@ -137,10 +137,10 @@ void store_rows(const float* y, int64_t count, at::Tensor& out) {
 
 // The driver both kernels share: `block(n, m0, mb, out)` computes rows m0 .. m0 + mb (at most 4)
 // of output n; this runs it for every n in parallel (each output by one thread, start to end),
-// adds the bias and returns x's shape with N outputs, in x's dtype.
+// adds the bias (then GELU when `gelu`) and returns x's shape with N outputs, in x's dtype.
 template <typename Block>
 at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
-                           const std::optional<at::Tensor>& bias, Block block) {
+                           const std::optional<at::Tensor>& bias, bool gelu, Block block) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
   std::vector<float> result(M * N);
@@ -162,9 +162,17 @@ at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M,
       }
     }
   });
+  if (gelu) samplemind_kernels::gelu_inplace(y, M * N);
   at::Tensor out = at::empty(shape, xc.options());
   store_rows(y, M * N, out);
   return out;
+}
+
+// The activation applied to a linear kernel's outputs: "none" or "gelu" (erf, as F.gelu).
+bool gelu_or_none(c10::string_view activation) {
+  TORCH_CHECK(activation == "none" || activation == "gelu",
+              "activation must be \"none\" or \"gelu\"");
+  return activation == "gelu";
 }
 
 constexpr int64_t kGroup = 32;
@@ -329,7 +337,8 @@ inline void int4_rows(Isa isa, int64_t mb, const uint8_t* wn, const c10::Half* s
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scales,
-                       const at::Tensor& mins, const std::optional<at::Tensor>& bias) {
+                       const at::Tensor& mins, const std::optional<at::Tensor>& bias,
+                       c10::string_view activation) {
   const int64_t K = x.size(-1);
   const int64_t N = nibbles.size(0);
   const int64_t Kp = nibbles.size(1) * 2;
@@ -354,7 +363,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at:
   const c10::Half* sc = scales.data_ptr<c10::Half>();
   const c10::Half* mn = mins.data_ptr<c10::Half>();
   const int64_t groups = Kp / kGroup;
-  return for_each_output(x, xc, M, N, bias, [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+  return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
+                         [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const uint8_t* wn = nib + n * (Kp / 2);
     const c10::Half* sn = sc + n * groups;
     const c10::Half* mnn = mn + n * groups;
@@ -463,7 +473,8 @@ inline void int8_rows(Isa isa, int64_t mb, const int8_t* wn, const uint8_t* xr, 
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                       const at::Tensor& wsum, const std::optional<at::Tensor>& bias) {
+                       const at::Tensor& wsum, const std::optional<at::Tensor>& bias,
+                       c10::string_view activation) {
   const int64_t K = x.size(-1);
   const int64_t N = weight.size(0);
   const int64_t Kp = weight.size(1);
@@ -486,7 +497,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float* sw = scales.data_ptr<float>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
-  return for_each_output(x, xc, M, N, bias, [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+  return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
+                         [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const int8_t* wn = wp + n * Kp;
     const uint8_t* xr = xu.data() + m0 * Kp;
     int32_t dots[4];
@@ -500,8 +512,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 }  // namespace
 
 TORCH_LIBRARY(samplemind, m) {
-  m.def("int4_linear(Tensor x, Tensor nibbles, Tensor scales, Tensor mins, Tensor? bias) -> Tensor");
-  m.def("int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor wsum, Tensor? bias) -> Tensor");
+  m.def(
+      "int4_linear(Tensor x, Tensor nibbles, Tensor scales, Tensor mins, Tensor? bias, "
+      "str activation=\"none\") -> Tensor");
+  m.def(
+      "int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor wsum, Tensor? bias, "
+      "str activation=\"none\") -> Tensor");
   m.def("kernel_isa() -> str", &kernel_isa);
 }
 

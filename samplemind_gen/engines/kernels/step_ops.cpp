@@ -1,5 +1,6 @@
-// Single-query attention for MusicGen's decode step on x86 CPUs (built with vnni.cpp into one
-// library by samplemind_gen/engines/native_kernels.py).
+// The small ops of MusicGen's decode step on x86 CPUs (built with vnni.cpp into one library by
+// samplemind_gen/engines/native_kernels.py): single-query attention, a residual add fused with
+// the layer norm after it, and the GELU that int8_linear / int4_linear apply to their outputs.
 //
 // Each decode step attends one new frame per row and head over the take's cache (self-attention,
 // up to 1,500 cached frames for 30 s) and over the prompt's keys and values (cross-attention).
@@ -13,8 +14,9 @@
 // (max |x| / 127), half the memory of bf16: a 30 s take's self-attention cache is 148 MB instead
 // of 295 MB, and long takes read half as much each step. Scores, softmax and sums are fp32.
 //
-// The loops are written once (attention_body.h) against a small vector type and compiled twice:
-// for AVX-512 (16 lanes) and for AVX2 (8 lanes; CPUs with AVX-VNNI use it too).
+// The loops are written once (attention_body.h, pointwise_body.h) against a small vector type
+// (vec.h) and compiled twice: for AVX-512 (16 lanes) and for AVX2 (8 lanes; CPUs with AVX-VNNI
+// use it too).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -27,6 +29,7 @@
 #include <bit>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -60,96 +63,20 @@ struct CrossArgs {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 namespace avx512 {
-struct Vec {
-  using R = __m512;
-  static constexpr int W = 16;
-  static R zero() { return _mm512_setzero_ps(); }
-  static R set1(float x) { return _mm512_set1_ps(x); }
-  static R load(const float* p) { return _mm512_loadu_ps(p); }
-  static R load(const uint16_t* p) {  // bf16: its bits are the top half of an fp32
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  static R load(const int8_t* p) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-  }
-  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
-  static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
-  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static float hsum(R v) { return _mm512_reduce_add_ps(v); }
-  static R exp_nonpositive(R x) {
-    const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-87.0f), _CMP_LT_OQ);
-    x = _mm512_max_ps(x, set1(-87.0f));
-    const R n = _mm512_roundscale_ps(fma(x, set1(1.44269504088896341f), set1(0.5f)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    R r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    R p = set1(1.9875691500e-4f);
-    p = fma(p, r, set1(1.3981999507e-3f));
-    p = fma(p, r, set1(8.3334519073e-3f));
-    p = fma(p, r, set1(4.1665795894e-2f));
-    p = fma(p, r, set1(1.6666665459e-1f));
-    p = fma(p, r, set1(5.0000001201e-1f));
-    p = fma(mul(p, r), r, add(r, set1(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n),
-                                                         _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), p, _mm512_castsi512_ps(e));
-  }
-};
+#define SMG_VEC_512
+#include "vec.h"
+#undef SMG_VEC_512
 #include "attention_body.h"
+#include "pointwise_body.h"
 }  // namespace avx512
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
-struct Vec {
-  using R = __m256;
-  static constexpr int W = 8;
-  static R zero() { return _mm256_setzero_ps(); }
-  static R set1(float x) { return _mm256_set1_ps(x); }
-  static R load(const float* p) { return _mm256_loadu_ps(p); }
-  static R load(const uint16_t* p) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-  static R load(const int8_t* p) {
-    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-  }
-  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
-  static R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
-  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static float hsum(R v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-  static R exp_nonpositive(R x) {
-    const R keep = _mm256_cmp_ps(x, set1(-87.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, set1(-87.0f));
-    const R n = _mm256_floor_ps(fma(x, set1(1.44269504088896341f), set1(0.5f)));
-    R r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    R p = set1(1.9875691500e-4f);
-    p = fma(p, r, set1(1.3981999507e-3f));
-    p = fma(p, r, set1(8.3334519073e-3f));
-    p = fma(p, r, set1(4.1665795894e-2f));
-    p = fma(p, r, set1(1.6666665459e-1f));
-    p = fma(p, r, set1(5.0000001201e-1f));
-    p = fma(mul(p, r), r, add(r, set1(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                         _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(keep, mul(p, _mm256_castsi256_ps(e)));
-  }
-};
+#include "vec.h"
 #include "attention_body.h"
+#include "pointwise_body.h"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -209,16 +136,66 @@ struct PickCross {
 // on one thread than the hand-over).
 template <typename Args, typename Fn>
 void run_tasks(const Args& args, Fn fn, int64_t tasks, int64_t length, int64_t d) {
-  const int64_t work = tasks * length * d;
-  const int64_t grain = work < 65536 ? tasks : 1;
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+  if (tasks * length * d < 65536) {  // not through parallel_for: it would still fork and join
+    std::vector<float> scratch(length);
+    for (int64_t t = 0; t < tasks; ++t) fn(args, t, scratch.data());
+    return;
+  }
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(length);
     for (int64_t t = begin; t < end; ++t) fn(args, t, scratch.data());
   });
 }
 
 at::Tensor finish(const at::Tensor& out, at::ScalarType dtype) {
-  return dtype == at::kFloat ? out : out.to(dtype);
+  if (dtype == at::kFloat) return out;
+  // bf16 activations: rounded here, without a dispatched conversion op.
+  at::Tensor rounded = at::empty(out.sizes(), out.options().dtype(dtype));
+  const float* src = out.data_ptr<float>();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(rounded.data_ptr());
+  const int64_t n = out.numel();
+  if (wide()) avx512::to_bf16(src, dst, n);
+  else avx2::to_bf16(src, dst, n);
+  return rounded;
+}
+
+// x + delta (returned, in x's dtype) and its layer norm: the residual add and the norm after it,
+// one op instead of two. fp32 or bf16 activations, fp32 or bf16 weight and bias.
+std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                  const at::Tensor& weight,
+                                                  const at::Tensor& bias, double eps) {
+  const int64_t hidden = x.size(-1);
+  TORCH_CHECK(x.is_contiguous() && delta.is_contiguous() && x.sizes() == delta.sizes() &&
+                  x.scalar_type() == delta.scalar_type(),
+              "add_layer_norm: x and delta must be contiguous, of one shape and dtype");
+  TORCH_CHECK(hidden % 16 == 0 && weight.numel() == hidden && bias.numel() == hidden &&
+                  weight.is_contiguous() && bias.is_contiguous() &&
+                  weight.scalar_type() == bias.scalar_type(),
+              "add_layer_norm: hidden size a multiple of 16, weight and bias of it");
+  const at::ScalarType act = x.scalar_type(), par = weight.scalar_type();
+  TORCH_CHECK((act == at::kFloat || act == at::kBFloat16) && (par == at::kFloat || par == at::kBFloat16),
+              "add_layer_norm: fp32 or bf16 only");
+  at::Tensor sum = at::empty_like(x), normed = at::empty_like(x);
+  const int64_t rows = x.numel() / hidden;
+  const float e = static_cast<float>(eps);
+  auto run = [&]<typename S, typename P>() {
+    const S* xp = static_cast<const S*>(x.data_ptr());
+    const S* dp = static_cast<const S*>(delta.data_ptr());
+    const P* wp = static_cast<const P*>(weight.data_ptr());
+    const P* bp = static_cast<const P*>(bias.data_ptr());
+    S* sp = static_cast<S*>(sum.data_ptr());
+    S* np = static_cast<S*>(normed.data_ptr());
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t o = r * hidden;
+      if (wide()) avx512::add_layer_norm_row(xp + o, dp + o, wp, bp, e, hidden, sp + o, np + o);
+      else avx2::add_layer_norm_row(xp + o, dp + o, wp, bp, e, hidden, sp + o, np + o);
+    }
+  };
+  if (act == at::kFloat && par == at::kFloat) run.template operator()<float, float>();
+  else if (act == at::kFloat) run.template operator()<float, uint16_t>();
+  else if (par == at::kFloat) run.template operator()<uint16_t, float>();
+  else run.template operator()<uint16_t, uint16_t>();
+  return {sum, normed};
 }
 
 // qkv (rows, 1, 3 * width) -> (rows, 1, width): writes the step's key and value at `position`
@@ -284,14 +261,23 @@ at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& keys, const at
 
 }  // namespace
 
+namespace samplemind_kernels {
+void gelu_inplace(float* y, int64_t n) {
+  if (wide()) avx512::gelu_inplace(y, n);
+  else avx2::gelu_inplace(y, n);
+}
+}  // namespace samplemind_kernels
+
 TORCH_LIBRARY_FRAGMENT(samplemind, m) {
   m.def(
       "self_attention(Tensor qkv, Tensor(a!) keys, Tensor(b!) values, Tensor(c!)? key_scales, "
       "Tensor(d!)? value_scales, int position, float scale) -> Tensor");
   m.def("cross_attention(Tensor q, Tensor keys, Tensor values, Tensor? bias, float scale) -> Tensor");
+  m.def("add_layer_norm(Tensor x, Tensor delta, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(samplemind, CPU, m) {
   m.impl("self_attention", &self_attention);
   m.impl("cross_attention", &cross_attention);
+  m.impl("add_layer_norm", &add_layer_norm);
 }
