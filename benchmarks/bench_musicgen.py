@@ -15,7 +15,7 @@ bf16), fp16 (fp16 weights packed for fbgemm, fp32 math: the CPU default where th
 bf16), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's VNNI kernels where the CPU
 has AVX512-VNNI, "int8-fbgemm" and "int4-aten" on PyTorch's kernels instead), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
 and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), "bf16-plain": our
-loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and "-sdpa" variants
+loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and
 "-unfused" variants of bf16, int8 and int4: the step on PyTorch's sdpa (bf16 caches), layer
 norm, add and GELU instead of samplemind-gen's step ops (one op per attention, int8 caches in the
 quantized modes, add + layer norm fused, GELU inside the fc1 kernel).

@@ -1,6 +1,7 @@
-"""samplemind-gen's attention kernel (kernels/attention.cpp): one op per attention of MusicGen's
-decode step, with fp32, bf16 or int8 caches. Checked against PyTorch's sdpa over the same cache
-contents, on every instruction-set path, on any number of threads, and in the engine."""
+"""samplemind-gen's step ops (kernels/step_ops.cpp): one op per attention of MusicGen's decode
+step (fp32, bf16 or int8 caches), the residual add fused with the layer norm after it, and GELU
+inside the linear kernels. Checked against PyTorch's sdpa, layer norm and GELU over the same
+inputs, on every instruction-set path, on any number of threads, and in the engine's step."""
 
 from __future__ import annotations
 
@@ -229,3 +230,98 @@ def test_the_engine_attends_through_the_kernel_in_packed_modes(tiny_musicgen: Pa
     b = engine.generate(request)[0].audio
     assert set(seen) == {(False, torch.bfloat16)}
     assert a.shape == b.shape and np.isfinite(a).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("act", "param"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_add_layer_norm_is_the_add_then_the_norm(act, param):
+    torch.manual_seed(3)
+    x = (3 * torch.randn(3, 1, 1024) + 1).to(act)
+    delta = torch.randn(3, 1, 1024).to(act)
+    weight, bias = torch.randn(1024).to(param), torch.randn(1024).to(param)
+    total, normed = torch.ops.samplemind.add_layer_norm(x, delta, weight, bias, 1e-5)
+    assert torch.equal(total, x + delta)  # rounded to the activations' dtype, as PyTorch adds
+    expected = F.layer_norm(total.float(), (1024,), weight.float(), bias.float(), 1e-5)
+    assert normed.dtype == act and normed.shape == x.shape
+    assert float((normed.float() - expected).abs().max()) < (1e-5 if act == torch.float32 else 0.04)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        short = x[..., :24].contiguous(), delta[..., :24].contiguous()
+        torch.ops.samplemind.add_layer_norm(*short, weight[:24], bias[:24], 1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_linear_kernels_apply_gelu_to_their_outputs(kind):
+    """fc1's GELU inside the int8/int4 kernel: F.gelu (erf) of the plain output, over outputs
+    from -12 to 12 (both tails and the bend)."""
+    from torch import nn
+
+    from samplemind_gen.engines.musicgen_quant import Int4Linear, Int8Linear
+
+    torch.manual_seed(5)
+    linear = nn.Linear(256, 4096)
+    with torch.no_grad():
+        linear.weight.mul_(4.0)
+    packed = Int8Linear(linear) if kind == "int8" else Int4Linear(linear)
+    x = torch.randn(2, 1, 256)
+    plain = packed(x)
+    assert float(plain.abs().max()) > 8
+    fused = packed.with_gelu()(x)
+    expected = F.gelu(plain.float())
+    assert float((fused.float() - expected).abs().max()) < (1e-5 if kind == "int8" else 0.05)
+    with pytest.raises(RuntimeError, match="activation must be"):
+        torch.ops.samplemind.int8_linear(
+            x,
+            torch.zeros(8, 256, dtype=torch.int8),
+            torch.ones(8),
+            torch.zeros(8, dtype=torch.int32),
+            None,
+            "relu",
+        )
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode: str):
+    """CachedDecoder.step on the step ops against the same step on PyTorch's ops, position by
+    position over one take, with the same caches' dtype (bf16); then with int8 caches."""
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+
+    options = {
+        "bf16": LoadOptions(dtype="bfloat16"),
+        "int8": LoadOptions(quantize="int8"),
+        "int4": LoadOptions(quantize="int4"),
+    }[mode]
+    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
+    decoder = engine.cached_decoder
+    torch.manual_seed(0)
+    states = torch.randn(2, 7, decoder.hidden)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    ids = torch.randint(0, 64, (40, 2 * decoder.codebooks, 1))
+
+    def logits(native: bool, int8_cache: bool) -> list[torch.Tensor]:
+        decoder.native_attention, decoder.int8_cache = native, int8_cache
+        decoder.begin(states, mask, 40)
+        assert decoder._native == native
+        out = [decoder.step(ids[p], p).float() for p in range(40)]
+        decoder.end()
+        return out
+
+    unfused = logits(False, False)
+    fused = logits(True, False)
+    # bf16 activations round at different points; int8/int4: the unfused step rounds q to bf16
+    tolerance = 0.03 if mode == "bf16" else 0.01
+    for a, b in zip(fused, unfused, strict=True):
+        assert rel_err(a, b) < tolerance
+    for a, b in zip(logits(True, True), unfused, strict=True):
+        assert rel_err(a, b) < 0.05  # int8 caches
