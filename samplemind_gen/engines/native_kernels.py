@@ -1,12 +1,15 @@
-"""samplemind-gen's own CPU kernels (`kernels/vnni.cpp`, `kernels/step_ops.cpp`), compiled for this machine on first use.
+"""samplemind-gen's own CPU kernels, compiled for this machine on first use.
 
-MusicGen's decode step multiplies two activation rows by every decoder weight matrix, so its
-speed is how fast the weights stream from memory. The kernels here (int8 and 4-bit weights, int8
-activations, software prefetch ahead of the weight stream) read 26 GB/s of int8 and 24 GB/s of
-4-bit weights on the project's 2-core Xeon through AVX512-VNNI `vpdpbusd`, where fbgemm's
-dynamic int8 reads 19 and aten's int4 15 (benchmarks/bench_linear_kernels.py;
-docs/performance.md). CPUs with AVX-VNNI (256-bit) or only AVX2 get 256-bit versions of the same
-kernels, chosen at run time (`isa()`).
+- `kernels/vnni.cpp`: int8 and 4-bit weight linear layers. MusicGen's decode step multiplies two
+  activation rows by every decoder weight matrix, so its speed is how fast the weights stream
+  from memory. These kernels (int8 activations, software prefetch ahead of the weight stream)
+  read 26 GB/s of int8 and 24 GB/s of 4-bit weights on the project's 2-core Xeon through
+  AVX512-VNNI `vpdpbusd`, where fbgemm's dynamic int8 reads 19 and aten's int4 15
+  (benchmarks/bench_linear_kernels.py; docs/performance.md). CPUs with AVX-VNNI (256-bit) or only
+  AVX2 get 256-bit versions of the same kernels, chosen at run time (`isa()`).
+- `kernels/step_ops.cpp`: the rest of a decode step's small ops (single-query attention with
+  fp32/bf16/int8 caches, residual add + layer norm, GELU), one op where PyTorch needs several,
+  for AVX-512 and AVX2.
 
 They are built with the C++ compiler (`$CXX`, else `g++`) against the installed torch, once per
 machine and torch version, into `paths.kernel_cache_dir()` (atomically: a half-written library
@@ -126,7 +129,7 @@ def _command(compiler: str, output: Path) -> list[str]:
 
 
 def will_compile() -> bool:
-    """True when `available()` would compile the kernels first (~10 s): the front ends say so."""
+    """True when `available()` would compile the kernels first (~20 s): the front ends say so."""
     if "ok" in _state:
         return False
     compiler, _ = _compiler_or_reason()
@@ -165,7 +168,7 @@ def _build(compiler: str) -> Path:
         return library
     folder = library.parent
     folder.mkdir(parents=True, exist_ok=True)
-    log.info("compiling samplemind-gen's CPU kernels for this machine (once, ~10 s)")
+    log.info("compiling samplemind-gen's CPU kernels for this machine (once, ~20 s)")
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=folder)
     os.close(fd)
     try:

@@ -21,7 +21,7 @@ P = TypeVar("P")
 
 class ModelLoading(Message):
     """A model started loading (this is when torch gets imported, the first time), or says what
-    its load is doing now (`detail`: "compiling CPU kernels (once, ~10 s)")."""
+    its load is doing now (`detail`: "compiling CPU kernels (once, ~20 s)")."""
 
     def __init__(self, model: str, detail: str = "") -> None:
         super().__init__()

@@ -43,12 +43,21 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
   constexpr int kParts = D / Vec::W;
   typename Vec::R qv[kParts];
   for (int i = 0; i < kParts; ++i) qv[i] = Vec::load(q + i * Vec::W);
-  for (int64_t t = 0; t < n; ++t) {
-    const T* k = K + t * D;
+  // Software prefetch 2 KB ahead of both streams: the caches come from memory (the step's
+  // weights went through the CPU caches since this layer's last step), and the hardware
+  // prefetcher alone left the loops waiting: 506 -> 364 us a call for an int8 cache of 1,500
+  // frames read cold (2 KB ahead measured as good as 4-8 KB at 1,500 frames and better at 200).
+  constexpr int64_t kAhead = 2048 / static_cast<int64_t>(sizeof(T) * D) + 1;  // rows ahead
+  const auto dot = [&](const T* k) {
+    for (int64_t b = 0; b < static_cast<int64_t>(sizeof(T) * D); b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(k + kAhead * D) + b);
+    }
     typename Vec::R acc = Vec::mul(qv[0], Vec::load(k));
     for (int i = 1; i < kParts; ++i) acc = Vec::fma(qv[i], Vec::load(k + i * Vec::W), acc);
-    s[t] = Vec::hsum(acc);
-  }
+    return acc;
+  };
+  int64_t t = 0;
+  for (; t < n; ++t) s[t] = Vec::hsum(dot(K + t * D));
   if (ks != nullptr) {
     for (int64_t t = 0; t < n; ++t) s[t] *= ks[t];
   }
@@ -64,8 +73,7 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
   // Softmax weights (unnormalized), W at a time, then the rest one by one.
   const typename Vec::R shift = Vec::set1(top);
   typename Vec::R total = Vec::zero();
-  int64_t t = 0;
-  for (; t + Vec::W <= n; t += Vec::W) {
+  for (t = 0; t + Vec::W <= n; t += Vec::W) {
     const typename Vec::R p = Vec::exp_nonpositive(Vec::sub(Vec::load(s + t), shift));
     total = Vec::add(total, p);
     Vec::store(s + t, vs != nullptr ? Vec::mul(p, Vec::load(vs + t)) : p);
@@ -80,6 +88,9 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
   for (int i = 0; i < kParts; ++i) acc[i] = Vec::zero();
   for (int64_t u = 0; u < n; ++u) {
     const T* v = V + u * D;
+    for (int64_t b = 0; b < static_cast<int64_t>(sizeof(T) * D); b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(v + kAhead * D) + b);
+    }
     const typename Vec::R w = Vec::set1(s[u]);
     for (int i = 0; i < kParts; ++i) acc[i] = Vec::fma(w, Vec::load(v + i * Vec::W), acc[i]);
   }

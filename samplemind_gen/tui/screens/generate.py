@@ -163,7 +163,7 @@ class GenerateScreen(Screen[None]):
         started = time.perf_counter()
         # Warmed up while the producer types: the first take is then as quick as the next.
 
-        def loading(progress: Progress) -> None:  # e.g. "compiling CPU kernels (once, ~10 s)"
+        def loading(progress: Progress) -> None:  # e.g. "compiling CPU kernels (once, ~20 s)"
             self.post_message(ModelLoading(name, progress.message or ""))
 
         engine = service.load(model, warm_up=True, on_progress=loading)
