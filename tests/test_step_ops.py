@@ -171,15 +171,23 @@ for cache in (torch.bfloat16, torch.int8):
     ref = F.scaled_dot_product_attention(q, k[:, :, :37], v[:, :, :37], scale=0.125)
     ref = ref.transpose(1, 2).reshape(rows, 1, heads * dim)
     out[str(cache)] = float((a - ref).norm() / ref.norm())
+x, d, w, b = (torch.randn(2, 1, 1024) for _ in range(4))
+total, normed = torch.ops.samplemind.add_layer_norm(x, d, w[0, 0], b[0, 0], 1e-5)
+ref = F.layer_norm(x + d, (1024,), w[0, 0], b[0, 0], 1e-5)
+out["add_layer_norm"] = float((normed - ref).abs().max())
+from samplemind_gen.engines.musicgen_quant import Int8Linear
+lin = Int8Linear(torch.nn.Linear(1024, 1000))
+y = lin.with_gelu()(x)
+out["gelu"] = float((y - F.gelu(lin(x))).abs().max())
 print(json.dumps(out))
 """
 
 
 @needs_kernels
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
-def test_every_instruction_set_path_attends_alike(isa: str):
+def test_every_instruction_set_path_computes_the_step_ops_alike(isa: str):
     """AVX-512 (16 lanes) and AVX2 (8 lanes; AVX-VNNI CPUs use it too) give sdpa's result over
-    the same cache contents."""
+    the same cache contents, PyTorch's add + layer norm and F.gelu."""
     from samplemind_gen.devices import cpu_flags
 
     if {"avx512": "avx512_vnni", "avx2": "avx2"}[isa] not in cpu_flags():
@@ -195,6 +203,7 @@ def test_every_instruction_set_path_attends_alike(isa: str):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["isa"] == {"avx512": "avx512vnni", "avx2": "avx2"}[isa]
     assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5
+    assert out["add_layer_norm"] < 1e-5 and out["gelu"] < 1e-5
 
 
 @needs_kernels
