@@ -103,22 +103,36 @@ def _skip(why: str) -> bool:
     return False
 
 
-def _command(compiler: str, output: Path) -> list[str]:
+def _compile_command(compiler: str, source: Path, output: Path) -> list[str]:
+    """One source file to an object file."""
     import torch
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    lib = Path(torch.__file__).parent / "lib"
     return [
         compiler,
         "-O3",
         "-std=c++20",
-        "-shared",
         "-fPIC",
         "-fopenmp",  # at::parallel_for is OpenMP in torch's CPU builds (its own libgomp)
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
-        *(str(source) for source in SOURCES),
+        "-c",
+        str(source),
+        "-o",
+        str(output),
+    ]
+
+
+def _link_command(compiler: str, objects: list[Path], output: Path) -> list[str]:
+    import torch
+
+    lib = Path(torch.__file__).parent / "lib"
+    return [
+        compiler,
+        "-shared",
+        "-fopenmp",
+        *(str(o) for o in objects),
         f"-L{lib}",
         "-lc10",
         "-ltorch_cpu",
@@ -169,16 +183,34 @@ def _build(compiler: str) -> Path:
     folder = library.parent
     folder.mkdir(parents=True, exist_ok=True)
     log.info("compiling samplemind-gen's CPU kernels for this machine (once, ~20 s)")
-    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=folder)
-    os.close(fd)
-    try:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as work:
+        objects = [Path(work) / f"{source.stem}.o" for source in SOURCES]
+        # The sources compile side by side (each is ~10 s of one core), then link.
+        running = [
+            subprocess.Popen(
+                _compile_command(compiler, source, obj),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for source, obj in zip(SOURCES, objects, strict=True)
+        ]
+        failures = []
+        for proc in running:
+            try:
+                _, err = proc.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(err.strip().splitlines()[-1] if err and err.strip() else "failed")
+        if failures:
+            raise RuntimeError(failures[0])
+        tmp = Path(work) / "library.so"
         done = subprocess.run(
-            _command(compiler, Path(tmp)), capture_output=True, text=True, timeout=600
+            _link_command(compiler, objects, tmp), capture_output=True, text=True, timeout=600
         )
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
         os.replace(tmp, library)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return library
