@@ -188,21 +188,12 @@ print(json.dumps({"isa": native_kernels.isa(), **errors}))
 def test_every_instruction_set_path_computes_the_same_products(isa: str):
     """The AVX512-VNNI, AVX-VNNI and AVX2 paths (SAMPLEMIND_GEN_KERNEL_ISA picks a lower one than
     the CPU has) all match the float product within their quantization error."""
-    from samplemind_gen.devices import cpu_flags
+    from samplemind_gen.testing.kernel_paths import ISA_NAME, has_path, run_on_path
 
-    have = {"avx512": "avx512_vnni", "avxvnni": "avx_vnni", "avx2": "avx2"}[isa]
-    if have not in cpu_flags():
-        pytest.skip(f"this CPU has no {have}")
-    done = subprocess.run(
-        [sys.executable, "-c", ISA_CHECK],
-        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["isa"] == {"avx512": "avx512vnni", "avxvnni": "avxvnni", "avx2": "avx2"}[isa]
+    if not has_path(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    out = run_on_path(ISA_CHECK, isa)
+    assert out["isa"] == ISA_NAME[isa]
     # int8: per-channel weights, 8-bit activations (7-bit on AVX2); int4: 16 levels per group.
     assert out["int8"] < (0.03 if isa == "avx2" else 0.02)
     assert 0.02 < out["int4"] < 0.15

@@ -5,10 +5,6 @@ inputs, on every instruction-set path, on any number of threads, and in the engi
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -188,20 +184,12 @@ print(json.dumps(out))
 def test_every_instruction_set_path_computes_the_step_ops_alike(isa: str):
     """AVX-512 (16 lanes) and AVX2 (8 lanes; AVX-VNNI CPUs use it too) give sdpa's result over
     the same cache contents, PyTorch's add + layer norm and F.gelu."""
-    from samplemind_gen.devices import cpu_flags
+    from samplemind_gen.testing.kernel_paths import ISA_NAME, has_path, run_on_path
 
-    if {"avx512": "avx512_vnni", "avx2": "avx2"}[isa] not in cpu_flags():
+    if not has_path(isa):
         pytest.skip(f"this CPU has no {isa}")
-    done = subprocess.run(
-        [sys.executable, "-c", ISA_CHECK],
-        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["isa"] == {"avx512": "avx512vnni", "avx2": "avx2"}[isa]
+    out = run_on_path(ISA_CHECK, isa)
+    assert out["isa"] == ISA_NAME[isa]
     assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5
     assert out["add_layer_norm"] < 1e-5 and out["gelu"] < 1e-5
 

@@ -1,0 +1,35 @@
+"""Run code on one of samplemind-gen's CPU kernel paths (tests of every instruction set on one
+machine: `SAMPLEMIND_GEN_KERNEL_ISA` picks a lower path than the CPU has)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+# The /proc/cpuinfo flag each path needs, and the name `native_kernels.isa()` reports for it.
+CPU_FLAG = {"avx512": "avx512_vnni", "avxvnni": "avx_vnni", "avx2": "avx2"}
+ISA_NAME = {"avx512": "avx512vnni", "avxvnni": "avxvnni", "avx2": "avx2"}
+
+
+def has_path(isa: str) -> bool:
+    from samplemind_gen.devices import cpu_flags
+
+    return CPU_FLAG[isa] in cpu_flags()
+
+
+def run_on_path(code: str, isa: str) -> dict[str, Any]:
+    """`code` in a fresh Python on kernel path `isa`; returns its last stdout line as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise AssertionError(done.stderr[-2000:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
