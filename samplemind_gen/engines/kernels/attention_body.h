@@ -13,7 +13,7 @@ inline float as_float(const int8_t* p, int64_t j) { return static_cast<float>(p[
 
 // exp(x) for x <= 0 (or -inf: 0): Cephes' expf, a degree-6 polynomial on [-ln2/2, ln2/2] times
 // 2^n, within ~2 ulp of std::exp. Below -87 it returns 0 (the true value is under 1.7e-38, against
-// a largest term of 1). `Vec::exp_nonpositive` is the same, W lanes at a time.
+// a largest term of 1). The vector overload below is the same, W lanes at a time.
 inline float exp_nonpositive(float x) {
   const bool tiny = x < -87.0f;
   x = tiny ? -87.0f : x;
@@ -29,6 +29,22 @@ inline float exp_nonpositive(float x) {
   p = p * r * r + r + 1.0f;
   const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
   return tiny ? 0.0f : p * two_n;
+}
+
+inline typename Vec::R exp_nonpositive(typename Vec::R x) {
+  using R = typename Vec::R;
+  const R clamped = Vec::max(x, Vec::set1(-87.0f));
+  const R n = Vec::floor(Vec::fma(clamped, Vec::set1(1.44269504088896341f), Vec::set1(0.5f)));
+  R r = Vec::fma(n, Vec::set1(-0.693359375f), clamped);
+  r = Vec::fma(n, Vec::set1(2.12194440e-4f), r);
+  R p = Vec::set1(1.9875691500e-4f);
+  p = Vec::fma(p, r, Vec::set1(1.3981999507e-3f));
+  p = Vec::fma(p, r, Vec::set1(8.3334519073e-3f));
+  p = Vec::fma(p, r, Vec::set1(4.1665795894e-2f));
+  p = Vec::fma(p, r, Vec::set1(1.6666665459e-1f));
+  p = Vec::fma(p, r, Vec::set1(5.0000001201e-1f));
+  p = Vec::fma(Vec::mul(p, r), r, Vec::add(r, Vec::set1(1.0f)));
+  return Vec::zero_below(x, -87.0f, Vec::mul(p, Vec::pow2(n)));
 }
 
 // One query row (D floats, already times the softmax scale) against `n` cached rows:
@@ -74,7 +90,7 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
   const typename Vec::R shift = Vec::set1(top);
   typename Vec::R total = Vec::zero();
   for (t = 0; t + Vec::W <= n; t += Vec::W) {
-    const typename Vec::R p = Vec::exp_nonpositive(Vec::sub(Vec::load(s + t), shift));
+    const typename Vec::R p = exp_nonpositive(Vec::sub(Vec::load(s + t), shift));
     total = Vec::add(total, p);
     Vec::store(s + t, vs != nullptr ? Vec::mul(p, Vec::load(vs + t)) : p);
   }

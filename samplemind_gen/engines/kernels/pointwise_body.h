@@ -13,7 +13,7 @@ inline typename Vec::R gelu(typename Vec::R x) {
   p = Vec::fma(p, t, Vec::set1(-0.284496736f));
   p = Vec::fma(p, t, Vec::set1(0.254829592f));
   p = Vec::mul(p, t);
-  const R gauss = Vec::exp_nonpositive(Vec::sub(Vec::zero(), Vec::mul(z, z)));
+  const R gauss = exp_nonpositive(Vec::sub(Vec::zero(), Vec::mul(z, z)));
   const R erf_abs = Vec::sub(Vec::set1(1.0f), Vec::mul(p, gauss));
   return Vec::mul(Vec::mul(Vec::set1(0.5f), x), Vec::add(Vec::set1(1.0f), Vec::copysign(erf_abs, x)));
 }

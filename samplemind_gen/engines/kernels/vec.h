@@ -1,6 +1,6 @@
 // The vector type the kernels' shared bodies (attention_body.h, pointwise_body.h) are written
-// against: W float lanes with loads from fp32, bf16 and int8, stores to fp32 and bf16, arithmetic,
-// and exp. step_ops.cpp includes this file inside each path's namespace, under its
+// against: W float lanes with loads from fp32, bf16 and int8, stores to fp32 and bf16, and the
+// arithmetic they need. step_ops.cpp includes this file inside each path's namespace, under its
 // `#pragma GCC target`, with SMG_VEC_512 defined for the AVX-512 one. No include guard.
 
 #ifdef SMG_VEC_512
@@ -22,6 +22,7 @@ struct Vec {
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(R v) { return _mm512_reduce_add_ps(v); }
   static R abs(R v) { return _mm512_abs_ps(v); }
@@ -32,30 +33,22 @@ struct Vec {
         _mm512_andnot_si512(bit, _mm512_castps_si512(mag)),
         _mm512_and_si512(bit, _mm512_castps_si512(sign))));
   }
+  static R floor(R v) {
+    return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  }
+  static R pow2(R n) {  // 2^n for whole n in [-126, 127]
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
+  static R zero_below(R x, float limit, R v) {  // v where x >= limit, else 0
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, set1(limit), _CMP_GE_OQ), v);
+  }
   static void store(uint16_t* p, R v) {  // to bf16, rounded to nearest even (finite values)
     const __m512i bits = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
     const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
-  }
-  static R exp_nonpositive(R x) {
-    const __mmask16 tiny = _mm512_cmp_ps_mask(x, set1(-87.0f), _CMP_LT_OQ);
-    x = _mm512_max_ps(x, set1(-87.0f));
-    const R n = _mm512_roundscale_ps(fma(x, set1(1.44269504088896341f), set1(0.5f)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    R r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    R p = set1(1.9875691500e-4f);
-    p = fma(p, r, set1(1.3981999507e-3f));
-    p = fma(p, r, set1(8.3334519073e-3f));
-    p = fma(p, r, set1(4.1665795894e-2f));
-    p = fma(p, r, set1(1.6666665459e-1f));
-    p = fma(p, r, set1(5.0000001201e-1f));
-    p = fma(mul(p, r), r, add(r, set1(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n),
-                                                         _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), p, _mm512_castsi512_ps(e));
   }
 };
 #else
@@ -77,6 +70,7 @@ struct Vec {
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(R v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -90,6 +84,14 @@ struct Vec {
     const R bit = _mm256_set1_ps(-0.0f);
     return _mm256_or_ps(_mm256_andnot_ps(bit, mag), _mm256_and_ps(bit, sign));
   }
+  static R floor(R v) { return _mm256_floor_ps(v); }
+  static R pow2(R n) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
+  static R zero_below(R x, float limit, R v) {
+    return _mm256_and_ps(_mm256_cmp_ps(x, set1(limit), _CMP_GE_OQ), v);
+  }
   static void store(uint16_t* p, R v) {
     const __m256i bits = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
@@ -98,23 +100,6 @@ struct Vec {
     const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(high),
                                             _mm256_extracti128_si256(high, 1));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-  }
-  static R exp_nonpositive(R x) {
-    const R keep = _mm256_cmp_ps(x, set1(-87.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, set1(-87.0f));
-    const R n = _mm256_floor_ps(fma(x, set1(1.44269504088896341f), set1(0.5f)));
-    R r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    R p = set1(1.9875691500e-4f);
-    p = fma(p, r, set1(1.3981999507e-3f));
-    p = fma(p, r, set1(8.3334519073e-3f));
-    p = fma(p, r, set1(4.1665795894e-2f));
-    p = fma(p, r, set1(1.6666665459e-1f));
-    p = fma(p, r, set1(5.0000001201e-1f));
-    p = fma(mul(p, r), r, add(r, set1(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                         _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(keep, mul(p, _mm256_castsi256_ps(e)));
   }
 };
 #endif
