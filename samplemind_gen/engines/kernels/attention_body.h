@@ -118,28 +118,20 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
 // PyTorch converts) or int8 with one scale (max |x| / 127; returned through `scale`).
 template <int D, typename S>
 inline void store_row(const S* x, float* dst, float* /*scale*/) {
-  for (int64_t j = 0; j < D; ++j) dst[j] = as_float(x, j);
+  for (int64_t j = 0; j < D; j += Vec::W) Vec::store(dst + j, Vec::load(x + j));
 }
 template <int D, typename S>
 inline void store_row(const S* x, uint16_t* dst, float* /*scale*/) {
-  for (int64_t j = 0; j < D; ++j) {
-    const uint32_t bits = std::bit_cast<uint32_t>(as_float(x, j));
-    const uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
-    dst[j] = static_cast<uint16_t>((bits + rounding) >> 16);  // finite inputs (activations)
-  }
+  for (int64_t j = 0; j < D; j += Vec::W) Vec::store(dst + j, Vec::load(x + j));
 }
 template <int D, typename S>
 inline void store_row(const S* x, int8_t* dst, float* scale) {
-  float amax = 0.0f;
-  for (int64_t j = 0; j < D; ++j) {
-    const float a = __builtin_fabsf(as_float(x, j));
-    amax = a > amax ? a : amax;
-  }
+  typename Vec::R top = Vec::zero();
+  for (int64_t j = 0; j < D; j += Vec::W) top = Vec::max(top, Vec::abs(Vec::load(x + j)));
+  const float amax = Vec::hmax(top);
   const float step = amax > 0.0f ? amax / 127.0f : 1.0f;
-  const float inv = 1.0f / step;
-  for (int64_t j = 0; j < D; ++j) {
-    dst[j] = static_cast<int8_t>(__builtin_nearbyintf(as_float(x, j) * inv));
-  }
+  const typename Vec::R inv = Vec::set1(1.0f / step);
+  for (int64_t j = 0; j < D; j += Vec::W) Vec::store_rounded(dst + j, Vec::mul(Vec::load(x + j), inv));
   *scale = step;
 }
 

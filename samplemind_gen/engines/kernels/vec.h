@@ -33,6 +33,10 @@ struct Vec {
         _mm512_andnot_si512(bit, _mm512_castps_si512(mag)),
         _mm512_and_si512(bit, _mm512_castps_si512(sign))));
   }
+  static float hmax(R v) { return _mm512_reduce_max_ps(v); }
+  static void store_rounded(int8_t* p, R v) {  // rounded to nearest, |v| <= 127
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
   static R floor(R v) {
     return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   }
@@ -83,6 +87,17 @@ struct Vec {
   static R copysign(R mag, R sign) {
     const R bit = _mm256_set1_ps(-0.0f);
     return _mm256_or_ps(_mm256_andnot_ps(bit, mag), _mm256_and_ps(bit, sign));
+  }
+  static float hmax(R v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static void store_rounded(int8_t* p, R v) {
+    const __m256i i32 = _mm256_cvtps_epi32(v);
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
   }
   static R floor(R v) { return _mm256_floor_ps(v); }
   static R pow2(R n) {
