@@ -13,10 +13,12 @@ For fp32 greedy decoding it gives exactly `generate`'s codes (tested on the tiny
 `step_static` attends over the whole preallocated cache with a mask, so every step has the same
 shapes: what CUDA graph capture needs (see `CudaGraphStep`).
 
-On CPU, with samplemind-gen's kernels built (`native_kernels`), each attention is one op of
-`kernels/attention.cpp` (`native_attention`): the step's key and value written into the cache and
-the query attended over it in one pass, instead of ~10 PyTorch ops with sdpa; the caches can be
-int8 with one scale per cached row and head (`int8_cache`), half of bf16's memory.
+On CPU, with samplemind-gen's kernels built (`native_kernels`), the packed modes step through
+the ops of `kernels/step_ops.cpp` (`native_attention`, `_step_native`): each attention one op (the
+step's key and value written into the cache and the query attended over it in one pass, instead
+of ~10 PyTorch ops with sdpa), each residual add fused with the layer norm after it, GELU inside
+fc1's kernel. The caches can be int8 with one scale per cached row and head (`int8_cache`), half
+of bf16's memory.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ class CachedDecoder:
         # half the cache memory (a 30 s take's self-attention cache is 590 MB in fp32) and
         # attention over long caches ~2x faster.
         self.cache_dtype: Any = None
-        # samplemind-gen's attention kernel (CPU packed modes, set by the engine) and int8 caches
-        # for it (quantized modes). Used where the q/k/v projection is fused and the head size is
-        # one the kernel has (16, 32, 64, 128); else PyTorch's sdpa.
+        # samplemind-gen's step ops (CPU packed modes, set by the engine) and int8 caches for
+        # them (quantized modes). Used where the q/k/v projection is fused, the head size is one
+        # the attention op has (16, 32, 64, 128) and the hidden size a multiple of 16; else
+        # PyTorch's ops.
         self.native_attention = False
         self.int8_cache = False
         self._native = False
@@ -125,8 +128,7 @@ class CachedDecoder:
             mask = torch.where(mask, zero, torch.full((), float("-inf"), dtype=cache))
         if self._native and mask is not None:  # the kernel adds fp32 rows x tokens
             mask = mask.to(torch.float32).reshape(rows, -1).contiguous()
-            if mask.shape[1] != states.shape[1]:
-                self._native = False
+            if mask.shape[1] != states.shape[1]:  # a mask shape the op cannot take: sdpa's way
                 return self.begin(encoder_states, encoder_mask, steps, static=True)
         self._cross_mask = mask
         positions = self.core.embed_positions
@@ -223,6 +225,7 @@ class CachedDecoder:
         x = self.embed(input_ids, position)
         scale = self.scaling
         cross_mask = self._cross_mask
+        # Each layer ends with the add + norm that starts the next (the last: the final norm).
         norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
         y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
         for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in zip(
