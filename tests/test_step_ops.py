@@ -286,7 +286,7 @@ def test_linear_kernels_apply_gelu_to_their_outputs(kind):
 
 
 @needs_kernels
-@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "int8", "int4"])
 def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode: str):
     """CachedDecoder.step on the step ops against the same step on PyTorch's ops, position by
     position over one take, with the same caches' dtype (bf16); then with int8 caches."""
@@ -295,6 +295,7 @@ def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode
 
     options = {
         "bf16": LoadOptions(dtype="bfloat16"),
+        "fp16": LoadOptions(dtype="float16"),  # fp16 weights packed for fbgemm, fp32 math
         "int8": LoadOptions(quantize="int8"),
         "int4": LoadOptions(quantize="int4"),
     }[mode]
