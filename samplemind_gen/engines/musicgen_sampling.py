@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# Candidates past top-k kept for ties at the k-th largest logit (bf16 logits tie often: in 2 of
+# 3 steps of an int4 take one of the 4 rows had a tie there).
+TIE_ROOM = 16
+
 
 def apply_guidance(logits: Any, scale: float) -> Any:
     """Rows are [conditional; unconditional]; returns the guided conditional half."""
@@ -47,6 +51,11 @@ def choose_tokens(
 
     if greedy:
         return logits.argmax(dim=-1)
+    if top_p is None and 0 < top_k < logits.size(-1) and logits.device.type == "cpu":
+        scaled = logits / temperature if temperature != 1.0 else logits
+        picked = draw_top_k(scaled, top_k, generators, rows_per_take)
+        if picked is not None:
+            return picked
     logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     probs = logits.softmax(dim=-1)
     picks = [
@@ -76,3 +85,27 @@ def draw(probs: Any, generator: Any) -> Any:
 
     q = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / q).argmax(dim=-1)
+
+
+def draw_top_k(
+    logits: Any, top_k: int, generators: Sequence[Any], rows_per_take: int
+) -> Any | None:
+    """`choose_tokens`' top-k sampling with the noise drawn for the candidates only: the same
+    distribution (the softmax over every logit at or above the k-th largest, ties included, as
+    transformers' top-k warper keeps them), but on a CPU 4 x ~266 exponential draws instead of
+    4 x 2048 and an unsorted top-k: a step's sampling ~0.6 -> ~0.25 ms. The candidates are the
+    k + TIE_ROOM largest; None (take the full path) when ties at the k-th value might reach past
+    them. CPU only (that check reads a value back, which a CUDA graph cannot)."""
+    import torch
+
+    room = min(top_k + TIE_ROOM, logits.size(-1))
+    values, indices = torch.topk(logits, room, sorted=False)
+    kth = torch.topk(values, top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    if room < logits.size(-1) and bool((values.amin(dim=-1, keepdim=True) >= kth).any()):
+        return None
+    probs = values.masked_fill(values < kth, float("-inf")).softmax(dim=-1)
+    picks = [
+        draw(probs[i * rows_per_take : (i + 1) * rows_per_take], g)
+        for i, g in enumerate(generators)
+    ]
+    return indices.gather(-1, torch.cat(picks, dim=0).unsqueeze(-1)).squeeze(-1)
