@@ -348,46 +348,36 @@ def test_draw_is_torch_multinomial_without_the_sync():
 
 
 def test_top_k_sampling_draws_from_the_k_largest_with_their_softmax_weights():
-    """On CPU, top-k sampling draws noise for the k candidates only: every pick is one of the k
-    largest logits, picked as often as the softmax over them says (20,000 draws), the same picks
-    for the same seed; with ties at the k-th value it takes the full path, which keeps them."""
+    """On CPU, top-k sampling draws noise for the candidates only: every pick is one of the k
+    largest logits or tied with the k-th (as transformers' top-k keeps them), picked as often as
+    the softmax over them says (20,000 draws), the same picks for the same seed; with more ties
+    than its room it takes the full path."""
     from samplemind_gen.engines.musicgen_sampling import choose_tokens, draw_top_k
 
+    def sample(logits: torch.Tensor, top_k: int, seed: int, draws: int) -> torch.Tensor:
+        return choose_tokens(
+            logits.repeat(draws, 1),
+            greedy=False,
+            temperature=1.0,
+            top_k=top_k,
+            top_p=None,
+            generators=[torch.Generator().manual_seed(seed)],
+            rows_per_take=draws,
+        )
+
     logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 3.0, -2.0, 0.0, 1.5]])
-    rows = logits.repeat(20000, 1)
-    settings = dict(greedy=False, temperature=1.0, top_k=3, top_p=None, rows_per_take=20000)
-    picks = choose_tokens(rows, generators=[torch.Generator().manual_seed(0)], **settings)
-    again = choose_tokens(rows, generators=[torch.Generator().manual_seed(0)], **settings)
-    assert torch.equal(picks, again)
+    picks = sample(logits, 3, 0, 20000)
+    assert torch.equal(picks, sample(logits, 3, 0, 20000))
     assert set(picks.tolist()) == {4, 0, 7}  # the three largest
     expected = torch.tensor([3.0, 2.0, 1.5]).softmax(-1)
     counts = torch.bincount(picks, minlength=8)[[4, 0, 7]].float() / len(picks)
     assert torch.allclose(counts, expected, atol=0.015)
     tied = torch.tensor([[2.0, 1.0, 1.0, 0.0]])  # the 2nd largest value twice: top-2 keeps 3
     assert draw_top_k(tied, 2, [torch.Generator().manual_seed(1)], 1) is not None
+    assert set(sample(tied, 2, 1, 3000).tolist()) == {0, 1, 2}
     many = torch.cat([torch.tensor([[5.0]]), torch.ones(1, 40), torch.zeros(1, 10)], dim=1)
     assert draw_top_k(many, 3, [torch.Generator().manual_seed(1)], 1) is None  # 40 ties: full path
-    assert set(
-        choose_tokens(
-            many.repeat(2000, 1),
-            greedy=False,
-            temperature=1.0,
-            top_k=3,
-            top_p=None,
-            generators=[torch.Generator().manual_seed(2)],
-            rows_per_take=2000,
-        ).tolist()
-    ) == set(range(41))
-    tied_picks = choose_tokens(
-        tied.repeat(3000, 1),
-        greedy=False,
-        temperature=1.0,
-        top_k=2,
-        top_p=None,
-        generators=[torch.Generator().manual_seed(1)],
-        rows_per_take=3000,
-    )
-    assert set(tied_picks.tolist()) == {0, 1, 2}
+    assert set(sample(many, 3, 2, 2000).tolist()) == set(range(41))
 
 
 @pytest.mark.parametrize(
