@@ -65,6 +65,7 @@ class CachedDecoder:
         self._positions: Any = None
         self._static_mask: Any = None
         self._plan: list[tuple[Any, ...]] = []
+        self._next_norms: list[tuple[Any, Any, float]] = []
         self._heads: list[Any] = []
 
     @property
@@ -137,13 +138,15 @@ class CachedDecoder:
         self._positions = positions.weights
         self._static_mask = None
         self._plan = self._build_plan()
+        # Each layer ends with the add + norm that starts the next (the last: the final norm).
+        self._next_norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
 
     def end(self) -> None:
         """Drop the per-take cache (it is the biggest per-take allocation)."""
         self._keys, self._values, self._cross = [], [], []
         self._key_scales, self._value_scales = [], []
         self._cross_mask = self._static_mask = None
-        self._plan, self._heads = [], []
+        self._plan, self._heads, self._next_norms = [], [], []
 
     def embed(self, input_ids: Any, position: int | Any) -> Any:
         ids = input_ids.reshape(-1, self.codebooks, 1)
@@ -225,8 +228,6 @@ class CachedDecoder:
         x = self.embed(input_ids, position)
         scale = self.scaling
         cross_mask = self._cross_mask
-        # Each layer ends with the add + norm that starts the next (the last: the final norm).
-        norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
         y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
         for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in zip(
             self._plan,
@@ -235,7 +236,7 @@ class CachedDecoder:
             self._key_scales,
             self._value_scales,
             self._cross,
-            norms,
+            self._next_norms,
             strict=True,
         ):
             (_, qkv, _, _, _, out1, ln2, cq, out2, ln3, fc1, act, fc2, fc1_gelu) = plan

@@ -116,12 +116,8 @@ inline void attend(const float* __restrict q, const T* __restrict K, const T* __
 
 // D values from fp32 / bf16 storage into a cache row: fp32, bf16 (round to nearest even, as
 // PyTorch converts) or int8 with one scale (max |x| / 127; returned through `scale`).
-template <int D, typename S>
-inline void store_row(const S* x, float* dst, float* /*scale*/) {
-  for (int64_t j = 0; j < D; j += Vec::W) Vec::store(dst + j, Vec::load(x + j));
-}
-template <int D, typename S>
-inline void store_row(const S* x, uint16_t* dst, float* /*scale*/) {
+template <int D, typename S, typename T>
+inline void store_row(const S* x, T* dst, float* /*scale*/) {  // fp32 or bf16 (uint16_t) rows
   for (int64_t j = 0; j < D; j += Vec::W) Vec::store(dst + j, Vec::load(x + j));
 }
 template <int D, typename S>

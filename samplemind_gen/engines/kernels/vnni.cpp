@@ -319,21 +319,26 @@ SMG_AVXVNNI inline void dot_rows_256(const uint8_t* nib, const c10::Half* scales
   }
 }
 
+// `f.template operator()<MB>()` for MB = mb (1 to 4): the kernels are unrolled per row count.
+template <typename F>
+inline void with_rows(int64_t mb, F&& f) {
+  switch (mb) {
+    case 1: f.template operator()<1>(); break;
+    case 2: f.template operator()<2>(); break;
+    case 3: f.template operator()<3>(); break;
+    default: f.template operator()<4>(); break;
+  }
+}
+
 // One output's rows through the chosen path.
 inline void int4_rows(Isa isa, int64_t mb, const uint8_t* wn, const c10::Half* sn,
                       const c10::Half* mnn, const int8_t* xr, const float* sr, int64_t Kp,
                       float* dots, float* zero_terms) {
-#define SMG_INT4(MB)                                                             \
-  if (isa == Isa::kAvx512) dot_rows<MB>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); \
-  else if (isa == Isa::kAvxVnni) dot_rows_256<MB, true>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms); \
-  else dot_rows_256<MB, false>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
-  switch (mb) {
-    case 1: SMG_INT4(1) break;
-    case 2: SMG_INT4(2) break;
-    case 3: SMG_INT4(3) break;
-    default: SMG_INT4(4) break;
-  }
-#undef SMG_INT4
+  with_rows(mb, [&]<int MB>() {
+    if (isa == Isa::kAvx512) dot_rows<MB>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
+    else if (isa == Isa::kAvxVnni) dot_rows_256<MB, true>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
+    else dot_rows_256<MB, false>(wn, sn, mnn, xr, sr, Kp, dots, zero_terms);
+  });
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scales,
@@ -459,17 +464,11 @@ SMG_AVXVNNI inline void dot_rows_int8_256(const int8_t* w, const uint8_t* xu, in
 
 inline void int8_rows(Isa isa, int64_t mb, const int8_t* wn, const uint8_t* xr, int64_t Kp,
                       int32_t* dots) {
-#define SMG_INT8(MB)                                                  \
-  if (isa == Isa::kAvx512) dot_rows_int8<MB>(wn, xr, Kp, dots);       \
-  else if (isa == Isa::kAvxVnni) dot_rows_int8_256<MB, true>(wn, xr, Kp, dots); \
-  else dot_rows_int8_256<MB, false>(wn, xr, Kp, dots);
-  switch (mb) {
-    case 1: SMG_INT8(1) break;
-    case 2: SMG_INT8(2) break;
-    case 3: SMG_INT8(3) break;
-    default: SMG_INT8(4) break;
-  }
-#undef SMG_INT8
+  with_rows(mb, [&]<int MB>() {
+    if (isa == Isa::kAvx512) dot_rows_int8<MB>(wn, xr, Kp, dots);
+    else if (isa == Isa::kAvxVnni) dot_rows_int8_256<MB, true>(wn, xr, Kp, dots);
+    else dot_rows_int8_256<MB, false>(wn, xr, Kp, dots);
+  });
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
