@@ -69,13 +69,16 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
     from samplemind_gen.engines import native_kernels
 
     if native_kernels.available():  # samplemind-gen's own (kernels/vnni.cpp)
-        from samplemind_gen.engines.musicgen_quant import Int8Linear
+        from samplemind_gen.engines.musicgen_quant import HalfLinear, Int8Linear
 
         isa = native_kernels.isa()
         ours8 = [Int8Linear(lin) for lin in linears(weights)]
         variants[f"int8 samplemind {isa}"] = (ours8, torch.float32)  # type: ignore[assignment]
         ours4 = [Int4Linear(lin, native=True) for lin in linears(weights)]
         variants[f"int4 group 32 samplemind {isa}"] = (ours4, torch.bfloat16)  # type: ignore[assignment]
+        for dtype, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+            half = [HalfLinear(lin, dtype) for lin in linears(weights)]
+            variants[f"{label} samplemind {isa}"] = (half, torch.bfloat16)  # type: ignore[assignment]
     else:
         print(f"samplemind-gen's kernels skipped: {native_kernels.reason()}")
     return variants

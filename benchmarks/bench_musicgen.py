@@ -10,15 +10,15 @@ front; the parent then runs round 1 of every mode, round 2 of every mode, ... on
 This machine's CPU speed drifts several-fold minute to minute, so numbers are medians over rounds,
 and speedups are medians of per-round ratios against the baseline run in the same round.
 
-Modes: baseline (transformers generate, fp32), fp32, bf16 (oneDNN-packed where the CPU has native
-bf16), fp16 (fp16 weights packed for fbgemm, fp32 math: the CPU default where there is no native
-bf16), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's VNNI kernels where the CPU
+Modes: baseline (transformers generate, fp32), fp32, bf16, fp16 (fp16 weights, fp32 math: the CPU
+default where there is no native bf16; both on samplemind-gen's half_linear kernel), int8, int4 (ours, streaming on, CFG 3; int8 and int4 on samplemind-gen's VNNI kernels where the CPU
 has AVX512-VNNI, "int8-fbgemm" and "int4-aten" on PyTorch's kernels instead), "-hf" variants of ours that step transformers' own decoder forward instead of CachedDecoder (fp32
 and bf16 only: the packed modes fuse q/k/v, which that forward cannot run), "bf16-plain": our
 loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and
 "-unfused" variants of bf16, int8 and int4: the step on PyTorch's sdpa (bf16 caches), layer
 norm, add and GELU instead of samplemind-gen's step ops (one op per attention, int8 caches in the
-quantized modes, add + layer norm fused, GELU inside the fc1 kernel).
+quantized modes, add + layer norm fused, GELU inside the fc1 kernel), and "bf16-lib" / "fp16-lib":
+bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -52,6 +52,9 @@ MODES = (
     "bf16-unfused",
     "int8-unfused",
     "int4-unfused",
+    # bf16 / fp16 linear layers on oneDNN / fbgemm instead of samplemind-gen's half_linear
+    "bf16-lib",
+    "fp16-lib",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -150,6 +153,10 @@ def worker(mode: str, checkpoint: Path) -> None:
             options = dataclasses.replace(options, pack=False)
         if variant in ("fbgemm", "aten"):  # PyTorch's int8/int4 kernels, not our VNNI ones
             os.environ["SAMPLEMIND_GEN_NATIVE_KERNELS"] = "0"
+        if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
+            from samplemind_gen.engines import musicgen_quant
+
+            musicgen_quant.library_half_kernels = True
         engine = load_engine(resolve_model(str(checkpoint)), options)
         if variant == "hf":
             engine.decode_with = "transformers"

@@ -95,11 +95,13 @@ def test_int8_stereo_batch_shapes(tiny_musicgen_stereo: Path):
 
 
 def test_fp16_packed_mode_is_close_to_fp32_and_deterministic(tiny_musicgen: Path, musicgen_engine):
-    from samplemind_gen.engines.musicgen_quant import is_fused, is_quantized
+    from samplemind_gen.engines.musicgen_quant import is_fused, is_half_packed, is_quantized
 
     engine = load(tiny_musicgen, device="cpu", dtype="float16")
     assert engine.dtype == "float16" and is_fused(engine.model.decoder)
-    assert is_quantized(engine.model.decoder) and is_quantized(engine.model.text_encoder)
+    # fp16 weights on our kernel where it is built, else fbgemm's fp16 packing.
+    packed = is_half_packed if ours_built() else is_quantized
+    assert packed(engine.model.decoder) and is_quantized(engine.model.text_encoder)
     assert not any(type(m) is torch.nn.Linear for m in engine.model.decoder.modules())
     # Same logits as fp32 up to fp16 weight rounding.
     half, full = stepped_logits((engine, musicgen_engine), 4)
@@ -141,18 +143,49 @@ def onednn_bf16() -> bool:
     return onednn_bf16_available()
 
 
-@pytest.mark.skipif(not onednn_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16/AMX)")
-def test_bf16_onednn_packed_mode_is_close_to_fp32(tiny_musicgen: Path, musicgen_engine):
-    from samplemind_gen.engines.musicgen_decoder import direct
-    from samplemind_gen.engines.musicgen_quant import OneDNNLinear, is_fused, is_onednn_packed
+def ours_built() -> bool:
+    from samplemind_gen.engines import native_kernels
 
+    return native_kernels.available()
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        pytest.param(
+            "samplemind", marks=pytest.mark.skipif(not ours_built(), reason="no CPU kernels")
+        ),
+        pytest.param(
+            "onednn",
+            marks=pytest.mark.skipif(
+                not onednn_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16/AMX)"
+            ),
+        ),
+    ],
+)
+def test_bf16_packed_mode_is_close_to_fp32(
+    tiny_musicgen: Path, musicgen_engine, monkeypatch, kernel: str
+):
+    from samplemind_gen.engines import musicgen_quant
+    from samplemind_gen.engines.musicgen_decoder import direct
+    from samplemind_gen.engines.musicgen_quant import (
+        HalfLinear,
+        OneDNNLinear,
+        is_fused,
+        is_half_packed,
+        is_onednn_packed,
+    )
+
+    monkeypatch.setattr(musicgen_quant, "library_half_kernels", kernel == "onednn")
     engine = load(tiny_musicgen, device="cpu", dtype="bfloat16")
     decoder = engine.model.decoder
-    assert engine.dtype == "bfloat16" and is_fused(decoder) and is_onednn_packed(decoder)
+    packed = is_onednn_packed if kernel == "onednn" else is_half_packed
+    assert engine.dtype == "bfloat16" and is_fused(decoder) and packed(decoder)
     assert not any(
         type(m) is torch.nn.Linear for m in decoder.model.decoder.layers[0].self_attn.modules()
     )
-    assert isinstance(direct(decoder.lm_heads[0]), OneDNNLinear)
+    head = direct(decoder.lm_heads[0])
+    assert isinstance(head, OneDNNLinear if kernel == "onednn" else HalfLinear)
     # Cross-attention keys/values stay plain (computed once per take in `begin`).
     assert type(decoder.model.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear
     half, full = stepped_logits((engine, musicgen_engine), 4)

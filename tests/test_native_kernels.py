@@ -1,5 +1,5 @@
-"""samplemind-gen's own CPU kernels (kernels/vnni.cpp, int8 and 4-bit weights through
-AVX512-VNNI): built on first use, checked against the dequantized weights, thread-count
+"""samplemind-gen's own CPU kernels (kernels/vnni.cpp: int8 and 4-bit weights through
+AVX512-VNNI, bf16 and fp16 weights widened to fp32): built on first use, checked against the dequantized weights, thread-count
 independent, and replaced by PyTorch's kernels wherever they cannot be built."""
 
 from __future__ import annotations
@@ -74,13 +74,50 @@ def test_int4_kernel_matches_its_dequantized_weights(rows, shape):
 
 
 @needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 5, 9])
+@pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (40, 16), (100, 24)])
+@pytest.mark.parametrize("weights", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_half_kernel_is_the_float_product_of_its_16_bit_weights(rows, shape, weights, dtype):
+    """bf16/fp16 weights, every product and sum in fp32: the float product of the rounded weights
+    up to summation order (and the output's rounding to bf16), with or without the GELU."""
+    from samplemind_gen.engines.musicgen_quant import HalfLinear
+
+    torch.manual_seed(rows)
+    k, n = shape
+    linear = nn.Linear(k, n)
+    packed = HalfLinear(linear, weights)
+    assert packed.weight.dtype == weights and packed.weight.shape[1] % 64 == 0
+    x = torch.randn(rows, 1, k).to(dtype)
+    expected = nn.functional.linear(x.float(), linear.weight.detach().to(weights).float(),
+                                    linear.bias.detach())
+    y = packed(x)
+    assert y.shape == (rows, 1, n) and y.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 4e-3  # bf16 output: 8 bits of mantissa
+    assert rel_err(y, expected) < tol
+    gelu = packed.with_gelu()(x)
+    assert rel_err(gelu, nn.functional.gelu(expected)) < tol
+
+
+@needs_kernels
+def test_half_kernel_refuses_what_it_cannot_take():
+    w = torch.zeros(8, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="padded to a multiple of 64"):
+        torch.ops.samplemind.half_linear(torch.zeros(1, 128), w, None)
+    with pytest.raises(RuntimeError, match="bf16 or fp16"):
+        torch.ops.samplemind.half_linear(torch.zeros(1, 64), w.float(), None)
+    with pytest.raises(RuntimeError, match="gelu"):
+        torch.ops.samplemind.half_linear(torch.zeros(1, 64), w, None, "relu")
+
+
+@needs_kernels
 def test_kernels_give_the_same_result_on_any_number_of_threads():
-    from samplemind_gen.engines.musicgen_quant import Int4Linear, Int8Linear
+    from samplemind_gen.engines.musicgen_quant import HalfLinear, Int4Linear, Int8Linear
 
     torch.manual_seed(0)
     linear = nn.Linear(1024, 1000)
     x = torch.randn(2, 1, 1024)
-    kernels = (Int8Linear(linear), Int4Linear(linear))
+    kernels = (Int8Linear(linear), Int4Linear(linear), HalfLinear(linear))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -108,7 +145,8 @@ def test_int8_musicgen_runs_on_the_native_kernel(tiny_musicgen: Path):
 
 
 def _probe(env: dict[str, str], tiny: Path | None = None) -> dict:
-    """In a fresh process: are the kernels used, why not, and what int8 MusicGen runs on."""
+    """In a fresh process: are the kernels used, why not, and what int8 MusicGen runs on (and
+    fp16 MusicGen: "fp16_ours", "fp16_fbgemm")."""
     code = """
 import json, sys
 from samplemind_gen.engines import native_kernels
@@ -116,12 +154,16 @@ out = {"available": native_kernels.available(), "reason": native_kernels.reason(
 if len(sys.argv) > 1:
     from samplemind_gen.catalog import resolve_model
     from samplemind_gen.engines import LoadOptions, load_engine
-    from samplemind_gen.engines.musicgen_quant import is_native_int8, is_quantized
+    from samplemind_gen.engines.musicgen_quant import is_half_packed, is_native_int8, is_quantized
     from samplemind_gen.request import GenerationRequest
     engine = load_engine(resolve_model(sys.argv[1]), LoadOptions(quantize="int8"))
     out["native"] = is_native_int8(engine.model.decoder)
     out["quantized"] = is_quantized(engine.model.decoder)
     out["samples"] = engine.generate([GenerationRequest("pad", duration=0.3, seed=1)])[0].audio.shape[-1]
+    fp16 = load_engine(resolve_model(sys.argv[1]), LoadOptions(dtype="float16"))
+    out["fp16_ours"] = is_half_packed(fp16.model.decoder)
+    out["fp16_fbgemm"] = is_quantized(fp16.model.decoder)
+    fp16.generate([GenerationRequest("pad", duration=0.1, seed=1)])
 print(json.dumps(out))
 """
     args = [sys.executable, "-c", code] + ([str(tiny)] if tiny else [])
@@ -132,10 +174,11 @@ print(json.dumps(out))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_switched_off_int8_falls_back_to_fbgemm(tiny_musicgen: Path):
+def test_switched_off_int8_and_fp16_fall_back_to_fbgemm(tiny_musicgen: Path):
     out = _probe({"SAMPLEMIND_GEN_NATIVE_KERNELS": "0"}, tiny_musicgen)
     assert out["available"] is False and "switched off" in out["reason"]
     assert out["quantized"] and not out["native"] and out["samples"] == 9600
+    assert out["fp16_fbgemm"] and not out["fp16_ours"]
 
 
 def test_a_failing_build_falls_back_and_leaves_no_library(tmp_path: Path):
@@ -168,14 +211,16 @@ ISA_CHECK = """
 import json, torch
 from torch import nn
 from samplemind_gen.engines import native_kernels
-from samplemind_gen.engines.musicgen_quant import Int4Linear, Int8Linear
+from samplemind_gen.engines.musicgen_quant import HalfLinear, Int4Linear, Int8Linear
 torch.manual_seed(0)
 errors = {}
 for k, n in ((1024, 512), (96, 40), (4096, 64)):
     linear = nn.Linear(k, n)
     x = torch.randn(3, 1, k)
     ref = linear(x).detach()
-    for name, kernel in (("int8", Int8Linear(linear)), ("int4", Int4Linear(linear, native=True))):
+    kernels = (("int8", Int8Linear(linear)), ("int4", Int4Linear(linear, native=True)),
+               ("bf16", HalfLinear(linear, torch.bfloat16)), ("fp16", HalfLinear(linear, torch.float16)))
+    for name, kernel in kernels:
         y = kernel(x.to(torch.bfloat16) if name == "int4" else x).float()
         err = float((y - ref).norm() / ref.norm())
         errors[name] = max(errors.get(name, 0.0), err)
@@ -197,6 +242,8 @@ def test_every_instruction_set_path_computes_the_same_products(isa: str):
     # int8: per-channel weights, 8-bit activations (7-bit on AVX2); int4: 16 levels per group.
     assert out["int8"] < (0.03 if isa == "avx2" else 0.02)
     assert 0.02 < out["int4"] < 0.15
+    # bf16 / fp16 weights with fp32 math: only the weights' rounding (8 / 11 bits of mantissa).
+    assert out["bf16"] < 5e-3 and out["fp16"] < 1e-3
 
 
 def test_front_ends_keep_openmp_threads_spinning_unless_the_user_chose():

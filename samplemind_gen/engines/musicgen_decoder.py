@@ -364,7 +364,7 @@ def direct(linear: Any) -> Any:
     import torch
 
     kernel = getattr(linear, "kernel", None)
-    if kernel is not None:  # musicgen_quant.OneDNNLinear behind a PackedModule
+    if kernel is not None:  # a musicgen_quant kernel (HalfLinear...) behind a PackedModule
         return kernel
     packed_holder = getattr(linear, "_packed_params", None)
     if packed_holder is None or not hasattr(packed_holder, "_packed_params"):

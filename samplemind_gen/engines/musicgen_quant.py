@@ -13,8 +13,9 @@ keep the stream going are what make a step fast. Per mode (numbers: docs/perform
   one place to change when it goes away. torchao 0.18's int8 configs run eagerly at 0.45-0.54x of
   fp32 and `aten._weight_int8pack_mm` at 1.75x, so neither is used.
 - int4: `Int4Linear`, our kernel or `aten._weight_int4pack_mm_for_cpu`.
-- bf16 (CPUs with native bf16): `OneDNNLinear`, oneDNN's blocked weight layout.
-- fp16 (CPUs without native bf16): fbgemm's fp16 packing, fp32 math.
+- bf16 and fp16 (the CPU default with and without native bf16): `HalfLinear` on our kernel
+  (weights widened to fp32 as they stream in; AVX-512 or AVX2). Without our kernels: bf16 on
+  oneDNN's blocked layout (`OneDNNLinear`, CPUs with native bf16), fp16 on fbgemm's fp16 packing.
 
 Packing also fuses each self-attention's q/k/v projections into one `qkv_proj` (one kernel call
 instead of three: 2.2 ms a step on musicgen-small), so a packed decoder is stepped only by
@@ -33,6 +34,9 @@ from samplemind_gen.errors import BadInputError
 
 PACKED = ("int8", "int4", "float16", "bfloat16")
 INT4_GROUP = 32  # weights per scale/zero pair: 8% output error on Gaussian weights (128: 10%)
+# bf16 / fp16 linear layers on oneDNN / fbgemm even where our kernel is built (the benchmark's
+# "-lib" modes and tests compare the two).
+library_half_kernels = False
 
 
 def onednn_bf16_available() -> bool:
@@ -93,15 +97,20 @@ def quantize_decoder(model: Any, mode: str, device: str) -> None:
     from samplemind_gen.engines import native_kernels
 
     decoder = model.decoder
-    if mode == "int8" and native_kernels.available():
-        # Our kernel: packed straight from the loaded 16-bit weights, a layer at a time.
+    if native_kernels.available() and (mode == "int8" or not library_half_kernels):
+        # Our kernels: packed straight from the loaded 16-bit weights, a layer at a time.
+        def pack(linear: Any) -> PackedModule:
+            return PackedModule(
+                Int8Linear(linear) if mode == "int8" else HalfLinear(linear, torch.float16)
+            )
+
         for layer in decoder.model.decoder.layers:
             fuse_qkv(layer.self_attn)
             for parent, name in _linears(layer):
-                setattr(parent, name, PackedModule(Int8Linear(getattr(parent, name))))
+                setattr(parent, name, pack(getattr(parent, name)))
             layer.to(torch.float32)
         for i in range(len(decoder.lm_heads)):
-            decoder.lm_heads[i] = PackedModule(Int8Linear(decoder.lm_heads[i]))
+            decoder.lm_heads[i] = pack(decoder.lm_heads[i])
         decoder.to(torch.float32)
         release_freed_memory()
         return
@@ -247,18 +256,63 @@ class Int8Linear:
         return lambda x: op(x, weight, scales, wsum, bias, "gelu")
 
 
+class HalfLinear:
+    """A linear layer with bf16 or fp16 weights through samplemind-gen's own kernel
+    (`native_kernels` `half_linear`): fp32 or bf16 activations, every product and sum in fp32,
+    weights widened as they stream in (AVX-512 or AVX2, no native bf16 needed). At decode shapes
+    it reads the weights as fast as oneDNN's packed bf16 linear, and also runs where oneDNN has no
+    bf16 kernel."""
+
+    def __init__(self, linear: Any, dtype: Any = None) -> None:
+        from samplemind_gen.engines import native_kernels
+
+        if not native_kernels.available():
+            raise RuntimeError(
+                f"samplemind-gen's CPU kernels are not built: {native_kernels.reason()}"
+            )
+        self.in_features = int(linear.in_features)
+        self.out_features = int(linear.out_features)
+        dtype = dtype or torch.bfloat16
+        w = linear.weight.detach()
+        n, k = w.shape
+        if k % 64 == 0:  # no padding: the loaded weight itself when it has the dtype already
+            self.weight = w.to(dtype).contiguous()
+        else:
+            self.weight = torch.zeros((n, -(-k // 64) * 64), dtype=dtype)
+            self.weight[:, :k] = w
+        bias = linear.bias
+        self.bias = None if bias is None else bias.detach().to(torch.float32)
+        self._op = torch.ops.samplemind.half_linear
+
+    def __call__(self, x: Any) -> Any:
+        return self._op(x, self.weight, self.bias)
+
+    def with_gelu(self) -> Any:
+        """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
+        op, weight, bias = self._op, self.weight, self.bias
+        return lambda x: op(x, weight, bias, "gelu")
+
+
 def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
-    """The decoder in bf16 with fused q/k/v and packed linear layers: oneDNN bf16
-    (`OneDNNLinear`, mode "bfloat16") or 4-bit (`Int4Linear`, mode "int4"; the LM heads stay
-    bf16, and so does any layer whose shape the int4 kernel cannot take). Activations are bf16;
-    embeddings and layer norms are untouched."""
+    """The decoder in bf16 with fused q/k/v and packed linear layers: bf16 (`HalfLinear`, or
+    `OneDNNLinear` without our kernels; mode "bfloat16") or 4-bit (`Int4Linear`, mode "int4"; the
+    LM heads stay bf16, and so does any layer whose shape the int4 kernel cannot take).
+    Activations are bf16; embeddings and layer norms are untouched."""
+
+    from samplemind_gen.engines import native_kernels
 
     onednn = onednn_bf16_available()
+    ours = native_kernels.available() and not (library_half_kernels and onednn)
+
+    def bf16_kernel(linear: Any) -> Any:
+        if ours:
+            return HalfLinear(linear, torch.bfloat16)
+        return OneDNNLinear(linear) if onednn else None
 
     def kernel(linear: Any) -> Any:
         if mode == "int4" and Int4Linear.fits(linear):
             return Int4Linear(linear)
-        return OneDNNLinear(linear) if onednn else None
+        return bf16_kernel(linear)
 
     def swap(parent: Any, name: str) -> None:
         packed = kernel(getattr(parent, name))
@@ -275,9 +329,10 @@ def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
                     swap(parent, name)
         swap(layer, "fc1")
         swap(layer, "fc2")
-    if onednn:
-        for i in range(len(decoder.lm_heads)):
-            decoder.lm_heads[i] = PackedModule(OneDNNLinear(decoder.lm_heads[i]))
+    for i, head in enumerate(decoder.lm_heads):  # bf16 in every mode
+        packed = bf16_kernel(head)
+        if packed is not None:
+            decoder.lm_heads[i] = PackedModule(packed)
     release_freed_memory()
 
 
@@ -414,6 +469,11 @@ def is_native_int8(module: Any) -> bool:
 def is_onednn_packed(module: Any) -> bool:
     """True when `module` holds oneDNN-packed bf16 linear layers."""
     return _holds(module, OneDNNLinear)
+
+
+def is_half_packed(module: Any) -> bool:
+    """True when `module` holds bf16/fp16 linear layers on samplemind-gen's own kernel."""
+    return _holds(module, HalfLinear)
 
 
 def is_int4(module: Any) -> bool:

@@ -508,6 +508,100 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   });
 }
 
+// ----------------------------------------------------------------------------- bf16 and fp16
+// bf16 or fp16 weights (N, Kp), K zero-padded to Kp (a multiple of 64), x fp32 or bf16 activations:
+// y[m, n] = sum_k w[n, k] x[m, k] (+ bias), every product and sum in fp32 (the arithmetic of
+// oneDNN's bf16 and fbgemm's fp16 linear). The weights are widened to fp32 as they stream in
+// (a shift for bf16, vcvtph2ps for fp16); at decode shapes that costs less than the memory
+// stream, which bounds the product.
+
+template <bool kHalf>
+SMG_AVX512 inline __m512 widen16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if constexpr (kHalf) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <bool kHalf>
+SMG_AVX2 inline __m256 widen8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (kHalf) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+constexpr int64_t kHalfPrefetch = kPrefetch / 2;  // in 2-byte weights
+
+template <int MB, bool kHalf>
+SMG_AVX512 inline void dot_rows_half(const uint16_t* w, const float* x, int64_t Kp, float* dots) {
+  __m512 acc[MB][2];
+  for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < Kp; k += 64) {  // 128 bytes of weights: two cache lines
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + kHalfPrefetch), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + 32 + kHalfPrefetch), _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j) {
+      const __m512 wv = widen16<kHalf>(w + k + 16 * j);
+      for (int m = 0; m < MB; ++m) {
+        acc[m][j & 1] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * Kp + k + 16 * j), acc[m][j & 1]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) dots[m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+}
+
+template <int MB, bool kHalf>
+SMG_AVX2 inline void dot_rows_half_256(const uint16_t* w, const float* x, int64_t Kp,
+                                       float* dots) {
+  __m256 acc[MB][2];
+  for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < Kp; k += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + kHalfPrefetch), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + 32 + kHalfPrefetch), _MM_HINT_T0);
+    for (int j = 0; j < 8; ++j) {
+      const __m256 wv = widen8<kHalf>(w + k + 8 * j);
+      for (int m = 0; m < MB; ++m) {
+        acc[m][j & 1] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * Kp + k + 8 * j), acc[m][j & 1]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) dots[m] = hsum8(_mm256_add_ps(acc[m][0], acc[m][1]));
+}
+
+at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, c10::string_view activation) {
+  const int64_t K = x.size(-1);
+  const int64_t N = weight.size(0);
+  const int64_t Kp = weight.size(1);
+  TORCH_CHECK(Kp % 64 == 0 && Kp >= K && Kp < K + 64,
+              "half_linear: weight must be (N, K padded to a multiple of 64)");
+  TORCH_CHECK((weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kHalf) &&
+                  weight.is_contiguous(),
+              "half_linear: weight must be contiguous bf16 or fp16");
+  const bool half = weight.scalar_type() == at::kHalf;
+  const int64_t M = x.numel() / K;
+  const at::Tensor xc = activations(x);
+  const bool bf16 = xc.scalar_type() == at::kBFloat16;
+  std::vector<float> xf(M * Kp, 0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) xf[m * Kp + k] = load1(xc.data_ptr(), m * K + k, bf16);
+  }
+  const uint16_t* wp = static_cast<const uint16_t*>(weight.data_ptr());
+  const bool wide = kernel_isa_choice() == Isa::kAvx512;
+  return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
+                         [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+    const uint16_t* wn = wp + n * Kp;
+    const float* xr = xf.data() + m0 * Kp;
+    with_rows(mb, [&]<int MB>() {
+      if (wide) {
+        if (half) dot_rows_half<MB, true>(wn, xr, Kp, out);
+        else dot_rows_half<MB, false>(wn, xr, Kp, out);
+      } else {
+        if (half) dot_rows_half_256<MB, true>(wn, xr, Kp, out);
+        else dot_rows_half_256<MB, false>(wn, xr, Kp, out);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(samplemind, m) {
@@ -517,10 +611,13 @@ TORCH_LIBRARY(samplemind, m) {
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor wsum, Tensor? bias, "
       "str activation=\"none\") -> Tensor");
+  m.def(
+      "half_linear(Tensor x, Tensor weight, Tensor? bias, str activation=\"none\") -> Tensor");
   m.def("kernel_isa() -> str", &kernel_isa);
 }
 
 TORCH_LIBRARY_IMPL(samplemind, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("half_linear", &half_linear);
 }
