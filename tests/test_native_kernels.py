@@ -89,8 +89,9 @@ def test_half_kernel_is_the_float_product_of_its_16_bit_weights(rows, shape, wei
     packed = HalfLinear(linear, weights)
     assert packed.weight.dtype == weights and packed.weight.shape[1] % 64 == 0
     x = torch.randn(rows, 1, k).to(dtype)
-    expected = nn.functional.linear(x.float(), linear.weight.detach().to(weights).float(),
-                                    linear.bias.detach())
+    expected = nn.functional.linear(
+        x.float(), linear.weight.detach().to(weights).float(), linear.bias.detach()
+    )
     y = packed(x)
     assert y.shape == (rows, 1, n) and y.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 4e-3  # bf16 output: 8 bits of mantissa
@@ -224,6 +225,12 @@ for k, n in ((1024, 512), (96, 40), (4096, 64)):
         y = kernel(x.to(torch.bfloat16) if name == "int4" else x).float()
         err = float((y - ref).norm() / ref.norm())
         errors[name] = max(errors.get(name, 0.0), err)
+from samplemind_gen.engines.encodec_fast import HalfLstm
+lstm = nn.LSTM(96, 96, 2)
+x = torch.randn(7, 3, 96)
+with torch.no_grad():
+    ref = lstm(x)[0]
+    errors["lstm"] = float((HalfLstm(lstm)(x)[0] - ref).norm() / ref.norm())
 print(json.dumps({"isa": native_kernels.isa(), **errors}))
 """
 
@@ -244,6 +251,7 @@ def test_every_instruction_set_path_computes_the_same_products(isa: str):
     assert 0.02 < out["int4"] < 0.15
     # bf16 / fp16 weights with fp32 math: only the weights' rounding (8 / 11 bits of mantissa).
     assert out["bf16"] < 5e-3 and out["fp16"] < 1e-3
+    assert out["lstm"] < 5e-4  # EnCodec's LSTM with fp16 recurrent weights
 
 
 def test_front_ends_keep_openmp_threads_spinning_unless_the_user_chose():

@@ -28,9 +28,19 @@ class WindowedDecoder:
     """Decodes (batch, codebooks, frames) codes with one EnCodec model, window by window."""
 
     def __init__(
-        self, encodec: Any, *, window_frames: int = WINDOW_FRAMES, halo_frames: int = HALO_FRAMES
+        self,
+        encodec: Any,
+        *,
+        window_frames: int = WINDOW_FRAMES,
+        halo_frames: int = HALO_FRAMES,
+        half_lstm: bool = False,
     ) -> None:
+        """`half_lstm`: the LSTM's recurrent weights in fp16 on samplemind-gen's CPU kernel
+        (`encodec_fast.HalfLstm`) where it is built; the packed CPU modes ask for it."""
+        from samplemind_gen.engines.encodec_fast import HalfLstm, speed_up_decoder
+
         fold_weight_norm(encodec.decoder)
+        speed_up_decoder(encodec.decoder)  # convolutions as matrix products: same audio, faster
         layers = list(encodec.decoder.layers)
         lstm = [i for i, layer in enumerate(layers) if type(layer).__name__ == "EncodecLSTM"]
         self.encodec = encodec
@@ -42,6 +52,12 @@ class WindowedDecoder:
             self.after = layers[lstm[0] + 1 :]
         else:  # not the layout this was written for: decode in one go
             self.before, self.lstm, self.after = layers, None, []
+        self.half_lstm: Any = None
+        if half_lstm and self.lstm is not None and HalfLstm.fits(self.lstm):
+            from samplemind_gen.engines import native_kernels
+
+            if native_kernels.available():
+                self.half_lstm = HalfLstm(self.lstm)
         hop = 1
         for ratio in encodec.config.upsampling_ratios:
             hop *= int(ratio)
@@ -64,6 +80,9 @@ class WindowedDecoder:
         if self.lstm is None:
             return x, None
         seq = x.permute(2, 0, 1)
+        if self.half_lstm is not None:
+            y, state = self.half_lstm(seq, state)
+            return (y + seq).permute(1, 2, 0), state
         # PyTorch's own LSTM kernel, not oneDNN's: oneDNN reorders the LSTM weights (16 MB) on
         # every call, which made a take streamed in 50-frame chunks spend 0.55 s instead of
         # 0.38 s in the LSTM per 8 s; the native kernel costs the same chunked or not.

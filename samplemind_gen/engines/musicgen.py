@@ -118,7 +118,11 @@ class MusicGenEngine:
             # their attention caches in int8 (half of bf16's memory: 138 MB less on a 30 s take).
             self.cached_decoder.native_attention = native_kernels.available()
             self.cached_decoder.int8_cache = "+int" in dtype
-        self.windowed = WindowedDecoder(model.audio_encoder)
+        # The packed CPU modes also keep EnCodec's LSTM recurrent weights in fp16 (our kernel);
+        # fp32 stays the exact reference.
+        self.windowed = WindowedDecoder(
+            model.audio_encoder, half_lstm=device == "cpu" and dtype != "float32"
+        )
         self.last_stream: ChunkedAudioDecoder | None = None
 
     # ---------------------------------------------------------------- loading

@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -602,6 +603,100 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
   });
 }
 
+// ------------------------------------------------------------------------------------- LSTM
+// One layer of a unidirectional LSTM over a sequence (PyTorch's gate order i, f, g, o), with the
+// recurrent weights in fp16 or bf16: EnCodec's decoder runs its 2-layer, 1024-unit LSTM once per
+// 50 Hz frame, and each frame reads the 4096 x 1024 recurrent matrix (16 MB in fp32), which
+// makes it ~40% of a streamed decode. The input projection of every frame is one product done
+// before (`gates_x`: x W_ih^T + b_ih + b_hh, fp32). Per frame, each thread takes a slice of the
+// hidden units: the four gate rows of each unit (fp32 sums of widened weights, as half_linear),
+// then its cell and hidden state, so a frame is one parallel region.
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(const at::Tensor& gates_x,
+                                                          const at::Tensor& w_hh,
+                                                          const at::Tensor& h0,
+                                                          const at::Tensor& c0) {
+  TORCH_CHECK(gates_x.dim() == 3 && gates_x.scalar_type() == at::kFloat,
+              "lstm_layer: gates_x must be fp32 (steps, batch, 4 * hidden)");
+  const int64_t T = gates_x.size(0);
+  const int64_t B = gates_x.size(1);
+  const int64_t H = gates_x.size(2) / 4;
+  const int64_t Kp = w_hh.size(1);
+  TORCH_CHECK(gates_x.size(2) == 4 * H && w_hh.size(0) == 4 * H && Kp % 64 == 0 && Kp >= H &&
+                  Kp < H + 64,
+              "lstm_layer: w_hh must be (4 * hidden, hidden padded to a multiple of 64)");
+  TORCH_CHECK((w_hh.scalar_type() == at::kBFloat16 || w_hh.scalar_type() == at::kHalf) &&
+                  w_hh.is_contiguous(),
+              "lstm_layer: w_hh must be contiguous bf16 or fp16");
+  TORCH_CHECK(h0.numel() == B * H && c0.numel() == B * H && h0.scalar_type() == at::kFloat &&
+                  c0.scalar_type() == at::kFloat,
+              "lstm_layer: h0 and c0 must be fp32 (batch, hidden)");
+  const bool half = w_hh.scalar_type() == at::kHalf;
+  const bool wide = kernel_isa_choice() == Isa::kAvx512;
+  const at::Tensor gx = gates_x.contiguous();
+  const float* g = gx.data_ptr<float>();
+  const uint16_t* w = static_cast<const uint16_t*>(w_hh.data_ptr());
+  // h as rows of Kp (zero padded: the kernel reads whole blocks of 64), two buffers: read one,
+  // write the other.
+  std::vector<float> hbuf[2] = {std::vector<float>(B * Kp, 0.0f), std::vector<float>(B * Kp, 0.0f)};
+  const at::Tensor h0c = h0.contiguous();
+  for (int64_t m = 0; m < B; ++m) {
+    std::copy(h0c.data_ptr<float>() + m * H, h0c.data_ptr<float>() + (m + 1) * H,
+              hbuf[0].data() + m * Kp);
+  }
+  at::Tensor c = c0.contiguous().clone().view({B, H});
+  float* cp = c.data_ptr<float>();
+  at::Tensor y = at::empty({T, B, H}, gates_x.options());
+  float* yp = y.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const float* h = hbuf[t % 2].data();
+    float* h_next = hbuf[(t + 1) % 2].data();
+    at::parallel_for(0, H, 16, [&](int64_t j0, int64_t j1) {
+      float dots[4][4];
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t m0 = 0; m0 < B; m0 += 4) {
+          const int64_t mb = std::min<int64_t>(4, B - m0);
+          for (int gate = 0; gate < 4; ++gate) {
+            const uint16_t* row = w + (gate * H + j) * Kp;
+            const float* xr = h + m0 * Kp;
+            float* out = dots[gate];
+            with_rows(mb, [&]<int MB>() {
+              if (wide) {
+                if (half) dot_rows_half<MB, true>(row, xr, Kp, out);
+                else dot_rows_half<MB, false>(row, xr, Kp, out);
+              } else {
+                if (half) dot_rows_half_256<MB, true>(row, xr, Kp, out);
+                else dot_rows_half_256<MB, false>(row, xr, Kp, out);
+              }
+            });
+          }
+          for (int64_t i = 0; i < mb; ++i) {
+            const int64_t m = m0 + i;
+            const float* gm = g + (t * B + m) * 4 * H;
+            const float in = sigmoid(gm[j] + dots[0][i]);
+            const float forget = sigmoid(gm[H + j] + dots[1][i]);
+            const float cell = std::tanh(gm[2 * H + j] + dots[2][i]);
+            const float out = sigmoid(gm[3 * H + j] + dots[3][i]);
+            const float c_new = forget * cp[m * H + j] + in * cell;
+            cp[m * H + j] = c_new;
+            const float h_new = out * std::tanh(c_new);
+            h_next[m * Kp + j] = h_new;
+            yp[(t * B + m) * H + j] = h_new;
+          }
+        }
+      }
+    });
+  }
+  at::Tensor h_last = at::empty({B, H}, gates_x.options());
+  const float* hl = hbuf[T % 2].data();
+  for (int64_t m = 0; m < B; ++m) {
+    std::copy(hl + m * Kp, hl + m * Kp + H, h_last.data_ptr<float>() + m * H);
+  }
+  return {y, h_last, c};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(samplemind, m) {
@@ -613,6 +708,7 @@ TORCH_LIBRARY(samplemind, m) {
       "str activation=\"none\") -> Tensor");
   m.def(
       "half_linear(Tensor x, Tensor weight, Tensor? bias, str activation=\"none\") -> Tensor");
+  m.def("lstm_layer(Tensor gates_x, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)");
   m.def("kernel_isa() -> str", &kernel_isa);
 }
 
@@ -620,4 +716,5 @@ TORCH_LIBRARY_IMPL(samplemind, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
   m.impl("half_linear", &half_linear);
+  m.impl("lstm_layer", &lstm_layer);
 }
