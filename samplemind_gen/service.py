@@ -43,6 +43,7 @@ class AudioEngineWithGeneration:
         self._engines: dict[tuple[str, LoadOptions], Engine] = {}
         self._lock = threading.Lock()
         self.load_count = 0
+        self.analysis_warmed = False  # warm_up_analysis has run in this session
 
     # ---------------------------------------------------------------- models
     def resolve(self, model: str | ResolvedModel | None) -> ResolvedModel:
@@ -63,7 +64,9 @@ class AudioEngineWithGeneration:
     ) -> Engine:
         """Load (or reuse) the engine for `model`. Blocking; call it from a worker thread.
         `warm_up`: a newly loaded engine makes one short throw-away take first (engines that
-        have `warm_up`), still under the lock, so no generation can start on it meanwhile."""
+        have `warm_up`), still under the lock, so no generation can start on it meanwhile; the
+        first such load of a session that analyses its takes also warms the analyser up
+        (`warm_up_analysis`) beside the loading, done before the lock is released."""
         from samplemind_gen.engines import load_engine
 
         resolved = self.resolve(model)
@@ -71,9 +74,20 @@ class AudioEngineWithGeneration:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = load_engine(resolved, self.options, on_progress=on_progress)
-                if warm_up and hasattr(engine, "warm_up"):
-                    engine.warm_up()
+                analysis = None
+                if warm_up and self.analyze_takes and not self.analysis_warmed:
+                    self.analysis_warmed = True
+                    analysis = threading.Thread(
+                        target=warm_up_analysis, name="analysis warm-up", daemon=True
+                    )
+                    analysis.start()
+                try:
+                    engine = load_engine(resolved, self.options, on_progress=on_progress)
+                    if warm_up and hasattr(engine, "warm_up"):
+                        engine.warm_up()
+                finally:
+                    if analysis is not None:  # never beside a take: it slows the take down
+                        analysis.join()
                 self._engines[key] = engine
                 self.load_count += 1
         return engine
@@ -242,3 +256,20 @@ def export_take_to(
     )
     take.path = written
     return written
+
+
+def warm_up_analysis(sample_rate: int = 32000) -> None:
+    """Analyse a few seconds of a pulsing tone once. The analyser's first call imports librosa,
+    which compiles its numba kernels (beat tracking among them): 3-4 s of CPU, partly holding
+    the GIL. After a model load it ran beside the first take and slowed it (an 8 s int8 take
+    queued while the model loaded: 15.3 s instead of 9.6), and on the first take itself it
+    stalled the UI for 1-2 s; `load(warm_up=True)` runs it beside the model's loading instead.
+    Failures are logged, not raised: the real analysis reports them."""
+    import logging
+
+    try:
+        t = np.arange(4 * sample_rate) / sample_rate
+        audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.cos(2 * np.pi * 2 * t))  # 120 BPM
+        analyze_audio(audio[None, :].astype(np.float32), sample_rate)
+    except Exception:  # noqa: BLE001 - a warm-up; the first real analysis reports the error
+        logging.getLogger(__name__).warning("analysis warm-up failed", exc_info=True)

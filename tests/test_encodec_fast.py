@@ -204,6 +204,9 @@ def test_packed_modes_stream_encodec_with_the_half_lstm(tiny_musicgen: Path, mus
     engine = load_engine(resolve_model(str(tiny_musicgen)), LoadOptions(dtype="bfloat16"))
     windowed = engine.windowed
     assert windowed.half_lstm is not None
+    # Swapped in for the nn.LSTM (whose fp32 recurrent weights are gone with it).
+    codec = engine.model.audio_encoder
+    assert not any(isinstance(m, torch.nn.LSTM) for m in codec.modules())
     codes = torch.randint(0, 64, (2, 4, 61), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         whole = windowed.decode(codes)
@@ -214,4 +217,7 @@ def test_packed_modes_stream_encodec_with_the_half_lstm(tiny_musicgen: Path, mus
                 pieces.append(piece)
         torch.testing.assert_close(torch.cat(pieces, dim=-1), whole, rtol=0, atol=1e-6)
         exact = musicgen_engine.windowed.decode(codes)
+        # transformers' own one-shot decode runs through it too.
+        own = codec.decode(codes[None], audio_scales=[None]).audio_values
     assert float((whole - exact).norm() / exact.norm()) < 1e-3
+    torch.testing.assert_close(own, whole, rtol=0, atol=1e-5)

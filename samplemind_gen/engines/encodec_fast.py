@@ -135,20 +135,22 @@ def speed_up_decoder(decoder: Any) -> int:
     return swapped
 
 
-class HalfLstm:
+class HalfLstm(nn.Module):
     """EnCodec's LSTM (unidirectional, several layers) with its recurrent weights in fp16, on
     samplemind-gen's `lstm_layer` kernel: each frame reads 8 MB per layer instead of 16. The input
     projections of a whole chunk are one fp32 product per layer; sums and states stay fp32, so
     the only change is the recurrent weights' rounding to fp16 (11 bits of mantissa, as the
-    packed T5 and the fp16 decoder mode have). Called like `nn.LSTM` on (frames, batch, dim)
-    with an optional (h, c) state."""
+    packed T5 and the fp16 decoder mode have). A drop-in for the `nn.LSTM` it is built from
+    (called on (frames, batch, dim) with an optional (h, c) state); swapped in for it, the fp32
+    recurrent weights (32 MB for MusicGen's codec) are freed."""
 
     def __init__(self, lstm: Any) -> None:
         import torch
 
+        super().__init__()
         self.hidden = int(lstm.hidden_size)
-        self.layers = []
-        for layer in range(lstm.num_layers):
+        self.num_layers = int(lstm.num_layers)
+        for layer in range(self.num_layers):
             w_ih = getattr(lstm, f"weight_ih_l{layer}").detach()
             w_hh = getattr(lstm, f"weight_hh_l{layer}").detach()
             bias = torch.zeros(w_ih.shape[0], dtype=w_ih.dtype)
@@ -157,7 +159,9 @@ class HalfLstm:
                 bias = bias + getattr(lstm, f"bias_hh_l{layer}").detach()
             padded = torch.zeros(w_hh.shape[0], -(-self.hidden // 64) * 64, dtype=torch.float16)
             padded[:, : self.hidden] = w_hh
-            self.layers.append((w_ih.t(), bias, padded))
+            self.register_buffer(f"w_ih_{layer}", w_ih, persistent=False)
+            self.register_buffer(f"bias_{layer}", bias, persistent=False)
+            self.register_buffer(f"w_hh_{layer}", padded, persistent=False)
 
     @staticmethod
     def fits(lstm: Any) -> bool:
@@ -172,20 +176,24 @@ class HalfLstm:
             and lstm.weight_hh_l0.device.type == "cpu"
         )
 
-    def __call__(self, seq: Any, state: Any = None) -> tuple[Any, Any]:
+    def forward(self, seq: Any, state: Any = None) -> tuple[Any, Any]:
         import torch
 
         frames, batch, _ = seq.shape
         x = seq
         hs, cs = [], []
-        for layer, (w_ih_t, bias, w_hh) in enumerate(self.layers):
+        for layer in range(self.num_layers):
+            w_ih, bias = getattr(self, f"w_ih_{layer}"), getattr(self, f"bias_{layer}")
             if state is None:
                 h0 = c0 = seq.new_zeros(batch, self.hidden)
             else:
                 h0, c0 = state[0][layer], state[1][layer]
-            gates = torch.addmm(bias, x.reshape(frames * batch, -1), w_ih_t)
+            gates = torch.addmm(bias, x.reshape(frames * batch, -1), w_ih.t())
             x, h, c = torch.ops.samplemind.lstm_layer(
-                gates.view(frames, batch, -1), w_hh, h0.contiguous(), c0.contiguous()
+                gates.view(frames, batch, -1),
+                getattr(self, f"w_hh_{layer}"),
+                h0.contiguous(),
+                c0.contiguous(),
             )
             hs.append(h)
             cs.append(c)

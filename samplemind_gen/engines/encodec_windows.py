@@ -52,12 +52,14 @@ class WindowedDecoder:
             self.after = layers[lstm[0] + 1 :]
         else:  # not the layout this was written for: decode in one go
             self.before, self.lstm, self.after = layers, None, []
-        self.half_lstm: Any = None
+        self.half_lstm: Any = None  # the HalfLstm swapped in for EnCodec's nn.LSTM, if any
         if half_lstm and self.lstm is not None and HalfLstm.fits(self.lstm):
             from samplemind_gen.engines import native_kernels
 
             if native_kernels.available():
-                self.half_lstm = HalfLstm(self.lstm)
+                self.half_lstm = self.lstm = layers[lstm[0]].lstm = HalfLstm(self.lstm)
+        elif isinstance(self.lstm, HalfLstm):  # swapped by an earlier WindowedDecoder
+            self.half_lstm = self.lstm
         hop = 1
         for ratio in encodec.config.upsampling_ratios:
             hop *= int(ratio)

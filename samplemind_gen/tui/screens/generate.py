@@ -57,20 +57,6 @@ GENERATING_ACTIONS = {"generate", "roll", "variations"}
 NEEDS_TAKE_ACTIONS = {"export", "toggle_play"}
 
 
-def warm_up_analysis(sample_rate: int) -> None:
-    """Analyse a few seconds of clicks and a tone once. The analyser's first call imports
-    librosa, which compiles its numba kernels (beat tracking among them): many seconds of CPU,
-    partly holding the GIL, so the UI stalled for 1-2 s when it happened on the first take.
-    Paying it while the producer writes the first prompt keeps generation smooth."""
-    import numpy as np
-
-    from samplemind_gen.service import analyze_audio
-
-    t = np.arange(4 * sample_rate) / sample_rate
-    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.cos(2 * np.pi * 2 * t))  # 120 BPM pulse
-    analyze_audio(audio[None, :].astype(np.float32), sample_rate)
-
-
 class GenerateScreen(Screen[None]):
     """Prompt, parameters, take list, waveform and analysis of the selected take."""
 
@@ -170,8 +156,6 @@ class GenerateScreen(Screen[None]):
         self.post_message(
             ModelLoaded(name, engine.device, engine.dtype, time.perf_counter() - started)
         )
-        if service.analyze_takes:
-            warm_up_analysis(engine.sample_rate)
         # torch, transformers and librosa leave ~400k long-lived objects; a full collection over
         # them holds the GIL for 0.3-1 s and froze the UI mid-generation. Frozen objects are
         # skipped by the collector (they are still freed by reference counting).
