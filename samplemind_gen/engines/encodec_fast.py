@@ -26,6 +26,23 @@ from typing import Any
 from torch import nn
 
 
+def _plain_conv(module: Any, wrapper: str, conv_type: type) -> Any:
+    """The convolution inside `module` when `module` is EnCodec's `wrapper` (by class name) with
+    weight norm (already folded) around an unpadded, ungrouped, undilated `conv_type`; else
+    None. Group norm, or anything else these forms do not compute, is left alone."""
+    conv: Any = getattr(module, "conv", None)
+    plain = (
+        type(module).__name__ == wrapper
+        and isinstance(conv, conv_type)
+        and getattr(module, "norm_type", "") == "weight_norm"
+        and conv.padding[0] == 0
+        and conv.dilation[0] == 1
+        and conv.groups == 1
+        and not hasattr(conv, "parametrizations")  # weight norm folded
+    )
+    return conv if plain else None
+
+
 class MatmulConvTranspose1d(nn.Module):
     """`EncodecConvTranspose1d` (kernel = 2 x stride, no group norm) as one matrix product and
     an overlap-add, with the same trimming."""
@@ -53,17 +70,11 @@ class MatmulConvTranspose1d(nn.Module):
 
     @staticmethod
     def fits(module: Any) -> bool:
-        conv = getattr(module, "conv", None)
+        conv = _plain_conv(module, "EncodecConvTranspose1d", nn.ConvTranspose1d)
         return (
-            type(module).__name__ == "EncodecConvTranspose1d"
-            and isinstance(conv, nn.ConvTranspose1d)
-            and getattr(module, "norm_type", "") == "weight_norm"
+            conv is not None
             and conv.kernel_size[0] == 2 * conv.stride[0]
-            and conv.padding[0] == 0
             and conv.output_padding[0] == 0
-            and conv.dilation[0] == 1
-            and conv.groups == 1
-            and not hasattr(conv, "parametrizations")  # weight norm folded
         )
 
     def forward(self, x: Any) -> Any:
@@ -96,17 +107,8 @@ class MatmulPointwiseConv1d(nn.Module):
 
     @staticmethod
     def fits(module: Any) -> bool:
-        conv = getattr(module, "conv", None)
-        return (
-            type(module).__name__ == "EncodecConv1d"
-            and isinstance(conv, nn.Conv1d)
-            and getattr(module, "norm_type", "") == "weight_norm"
-            and conv.kernel_size[0] == 1
-            and conv.stride[0] == 1
-            and conv.padding[0] == 0
-            and conv.groups == 1
-            and not hasattr(conv, "parametrizations")
-        )
+        conv = _plain_conv(module, "EncodecConv1d", nn.Conv1d)
+        return conv is not None and conv.kernel_size[0] == 1 and conv.stride[0] == 1
 
     def forward(self, x: Any) -> Any:
         import torch
