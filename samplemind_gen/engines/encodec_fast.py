@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 
-def _plain_conv(module: Any, wrapper: str, conv_type: type) -> Any:
+def _plain_conv(module: Any, wrapper: str, conv_type: Any) -> Any:
     """The convolution inside `module` when `module` is EnCodec's `wrapper` (by class name) with
     weight norm (already folded) around an unpadded, ungrouped, undilated `conv_type`; else
     None. Group norm, or anything else these forms do not compute, is left alone."""
