@@ -46,8 +46,16 @@ namespace {
 #define SMG_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SMG_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define SMG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+// AVX512-BF16 intrinsics and their __builtin_cpu_supports name: GCC 11+, clang 12+ (older
+// compilers build everything else; bf16 x bf16 then widens like the other 16-bit paths).
+#if (defined(__clang__) && __clang_major__ >= 12) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define SMG_HAVE_BF16_PAIRS 1
 #define SMG_AVX512BF16 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")))
+#else
+#define SMG_HAVE_BF16_PAIRS 0
+#endif
 
 using samplemind_kernels::Isa;
 using samplemind_kernels::kernel_isa_choice;
@@ -596,8 +604,9 @@ SMG_AVX512 inline void dot_rows_half(const uint16_t* w, const float* x, int64_t 
 
 // bf16 weights x bf16 activations with AVX512-BF16: `vdpbf16ps` multiplies 32 pairs and adds each
 // pair's two products into an fp32 lane, so there is nothing to widen and half as many
-// instructions and activation loads. Batched takes (8 rows and more: 4 takes with guidance) are
-// bound by those rather than by memory: 1.6x faster there than widening.
+// instructions and activation loads. On this Xeon it measured as fast as widening at 2 rows
+// (the memory stream bounds both) and at 8 (batched takes: 0.52 vs 0.51 ms for 4096 x 1024).
+#if SMG_HAVE_BF16_PAIRS
 template <int MB>
 SMG_AVX512BF16 inline void dot_rows_bf16_pairs(const uint16_t* w, const uint16_t* x, int64_t Kp,
                                                float* dots) {
@@ -617,13 +626,19 @@ SMG_AVX512BF16 inline void dot_rows_bf16_pairs(const uint16_t* w, const uint16_t
   for (int m = 0; m < MB; ++m) dots[m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
 }
 
+#endif
+
 // AVX512-BF16 on the AVX-512 path (not when a lower path is forced).
 bool bf16_pairs_available() {
+#if SMG_HAVE_BF16_PAIRS
   static const bool ok = [] {
     __builtin_cpu_init();
     return kernel_isa_choice() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
   }();
   return ok;
+#else
+  return false;
+#endif
 }
 
 template <int MB, bool kHalf>
@@ -664,6 +679,7 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
   widen_rows(xc.data_ptr(), bf16, M, K, Kp, xf.data());
   const uint16_t* wp = static_cast<const uint16_t*>(weight.data_ptr());
   const bool wide = kernel_isa_choice() == Isa::kAvx512;
+#if SMG_HAVE_BF16_PAIRS
   if (!half && bf16 && bf16_pairs_available()) {  // bf16 x bf16: pairs, no widening
     std::vector<uint16_t> xb(M * Kp, 0);
     const uint16_t* xs = static_cast<const uint16_t*>(xc.data_ptr());
@@ -674,6 +690,7 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
       with_rows8(mb, [&]<int MB>() { dot_rows_bf16_pairs<MB>(wp + n * Kp, xr, Kp, out); });
     });
   }
+#endif
   return for_each_output<8>(x, xc, M, N, bias, gelu_or_none(activation),
                          [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const uint16_t* wn = wp + n * Kp;
