@@ -661,6 +661,20 @@ SMG_AVX2 inline void dot_rows_half_256(const uint16_t* w, const float* x, int64_
   for (int m = 0; m < MB; ++m) dots[m] = hsum8(_mm256_add_ps(acc[m][0], acc[m][1]));
 }
 
+// One 16-bit weight row (fp16 when `half`, else bf16) against MB rows of fp32 activations, on the
+// AVX-512 path when `wide`, else the AVX2 one.
+template <int MB>
+inline void half_rows(bool wide, bool half, const uint16_t* w, const float* x, int64_t Kp,
+                      float* dots) {
+  if (wide) {
+    if (half) dot_rows_half<MB, true>(w, x, Kp, dots);
+    else dot_rows_half<MB, false>(w, x, Kp, dots);
+  } else {
+    if (half) dot_rows_half_256<MB, true>(w, x, Kp, dots);
+    else dot_rows_half_256<MB, false>(w, x, Kp, dots);
+  }
+}
+
 at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, c10::string_view activation) {
   const int64_t K = x.size(-1);
@@ -695,15 +709,7 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
                          [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const uint16_t* wn = wp + n * Kp;
     const float* xr = xf.data() + m0 * Kp;
-    with_rows8(mb, [&]<int MB>() {
-      if (wide) {
-        if (half) dot_rows_half<MB, true>(wn, xr, Kp, out);
-        else dot_rows_half<MB, false>(wn, xr, Kp, out);
-      } else {
-        if (half) dot_rows_half_256<MB, true>(wn, xr, Kp, out);
-        else dot_rows_half_256<MB, false>(wn, xr, Kp, out);
-      }
-    });
+    with_rows8(mb, [&]<int MB>() { half_rows<MB>(wide, half, wn, xr, Kp, out); });
   });
 }
 
@@ -766,15 +772,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(const at::Tensor& gate
             const uint16_t* row = w + (gate * H + j) * Kp;
             const float* xr = h + m0 * Kp;
             float* out = dots[gate];
-            with_rows(mb, [&]<int MB>() {
-              if (wide) {
-                if (half) dot_rows_half<MB, true>(row, xr, Kp, out);
-                else dot_rows_half<MB, false>(row, xr, Kp, out);
-              } else {
-                if (half) dot_rows_half_256<MB, true>(row, xr, Kp, out);
-                else dot_rows_half_256<MB, false>(row, xr, Kp, out);
-              }
-            });
+            with_rows(mb, [&]<int MB>() { half_rows<MB>(wide, half, row, xr, Kp, out); });
           }
           for (int64_t i = 0; i < mb; ++i) {
             const int64_t m = m0 + i;
