@@ -7,6 +7,7 @@ every result through the analyzer and hands back `Take`s with their full recipe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from samplemind_gen.take import Take
 
 if TYPE_CHECKING:
     from samplemind_gen.analysis import AudioFeatures
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SFX_MODEL = "audioldm-s-full-v2"
 
@@ -265,11 +268,9 @@ def warm_up_analysis(sample_rate: int = 32000) -> None:
     queued while the model loaded: 15.3 s instead of 9.6), and on the first take itself it
     stalled the UI for 1-2 s; `load(warm_up=True)` runs it beside the model's loading instead.
     Failures are logged, not raised: the real analysis reports them."""
-    import logging
-
     try:
         t = np.arange(4 * sample_rate) / sample_rate
         audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.cos(2 * np.pi * 2 * t))  # 120 BPM
         analyze_audio(audio[None, :].astype(np.float32), sample_rate)
     except Exception:  # noqa: BLE001 - a warm-up; the first real analysis reports the error
-        logging.getLogger(__name__).warning("analysis warm-up failed", exc_info=True)
+        log.warning("analysis warm-up failed", exc_info=True)

@@ -149,6 +149,8 @@ class HalfLstm(nn.Module):
     def __init__(self, lstm: Any) -> None:
         import torch
 
+        from samplemind_gen.engines.musicgen_quant import pad_inputs
+
         super().__init__()
         self.hidden = int(lstm.hidden_size)
         self.num_layers = int(lstm.num_layers)
@@ -159,8 +161,7 @@ class HalfLstm(nn.Module):
             if lstm.bias:
                 bias = bias + getattr(lstm, f"bias_ih_l{layer}").detach()
                 bias = bias + getattr(lstm, f"bias_hh_l{layer}").detach()
-            padded = torch.zeros(w_hh.shape[0], -(-self.hidden // 64) * 64, dtype=torch.float16)
-            padded[:, : self.hidden] = w_hh
+            padded = pad_inputs(w_hh, torch.float16)
             self.register_buffer(f"w_ih_{layer}", w_ih, persistent=False)
             self.register_buffer(f"bias_{layer}", bias, persistent=False)
             self.register_buffer(f"w_hh_{layer}", padded, persistent=False)

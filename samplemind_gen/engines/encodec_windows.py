@@ -52,18 +52,22 @@ class WindowedDecoder:
             self.after = layers[lstm[0] + 1 :]
         else:  # not the layout this was written for: decode in one go
             self.before, self.lstm, self.after = layers, None, []
-        self.half_lstm: Any = None  # the HalfLstm swapped in for EnCodec's nn.LSTM, if any
         if half_lstm and self.lstm is not None and HalfLstm.fits(self.lstm):
             from samplemind_gen.engines import native_kernels
 
-            if native_kernels.available():
-                self.half_lstm = self.lstm = layers[lstm[0]].lstm = HalfLstm(self.lstm)
-        elif isinstance(self.lstm, HalfLstm):  # swapped by an earlier WindowedDecoder
-            self.half_lstm = self.lstm
+            if native_kernels.available():  # a drop-in: swapped in for EnCodec's nn.LSTM
+                self.lstm = layers[lstm[0]].lstm = HalfLstm(self.lstm)
         hop = 1
         for ratio in encodec.config.upsampling_ratios:
             hop *= int(ratio)
         self.hop = hop
+
+    @property
+    def half_lstm(self) -> Any:
+        """The fp16 LSTM (`encodec_fast.HalfLstm`) this decoder runs, or None."""
+        from samplemind_gen.engines.encodec_fast import HalfLstm
+
+        return self.lstm if isinstance(self.lstm, HalfLstm) else None
 
     # ------------------------------------------------------------------ pieces
     def embed(self, codes: Any) -> Any:
@@ -82,12 +86,10 @@ class WindowedDecoder:
         if self.lstm is None:
             return x, None
         seq = x.permute(2, 0, 1)
-        if self.half_lstm is not None:
-            y, state = self.half_lstm(seq, state)
-            return (y + seq).permute(1, 2, 0), state
-        # PyTorch's own LSTM kernel, not oneDNN's: oneDNN reorders the LSTM weights (16 MB) on
-        # every call, which made a take streamed in 50-frame chunks spend 0.55 s instead of
-        # 0.38 s in the LSTM per 8 s; the native kernel costs the same chunked or not.
+        # nn.LSTM on PyTorch's own LSTM kernel, not oneDNN's (a HalfLstm does not care): oneDNN
+        # reorders the LSTM weights (16 MB) on every call, which made a take streamed in
+        # 50-frame chunks spend 0.55 s instead of 0.38 s in the LSTM per 8 s; the native kernel
+        # costs the same chunked or not.
         enabled = torch._C._get_mkldnn_enabled()
         torch._C._set_mkldnn_enabled(False)
         try:

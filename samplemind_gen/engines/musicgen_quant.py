@@ -221,6 +221,26 @@ def pack_nibbles(q: Any, scale: Any, low: Any) -> tuple[Any, Any, Any]:
     return nibbles, scales, mins
 
 
+def require_kernels() -> None:
+    """Raise unless samplemind-gen's CPU kernels are built here (and say why not)."""
+    from samplemind_gen.engines import native_kernels
+
+    if not native_kernels.available():
+        raise RuntimeError(f"samplemind-gen's CPU kernels are not built: {native_kernels.reason()}")
+
+
+def pad_inputs(weight: Any, dtype: Any, multiple: int = 64) -> Any:
+    """`weight` (out, in) in `dtype` with its inputs zero-padded to a multiple of `multiple`, as
+    the int8 and 16-bit kernels read them. Without padding to do, the weight itself when it has
+    the dtype already (no copy)."""
+    n, k = weight.shape
+    if k % multiple == 0:
+        return weight.to(dtype).contiguous()
+    padded = torch.zeros((n, -(-k // multiple) * multiple), dtype=dtype)
+    padded[:, :k] = weight
+    return padded
+
+
 class Int8Linear:
     """A linear layer with int8 weights (symmetric, one scale per output channel, as
     `quantize_dynamic`'s per-channel config) through samplemind-gen's own kernel
@@ -228,12 +248,7 @@ class Int8Linear:
     out. Reads 1.4x faster than fbgemm's dynamic int8 linear at decode shapes here."""
 
     def __init__(self, linear: Any) -> None:
-        from samplemind_gen.engines import native_kernels
-
-        if not native_kernels.available():
-            raise RuntimeError(
-                f"samplemind-gen's CPU kernels are not built: {native_kernels.reason()}"
-            )
+        require_kernels()
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
         w = linear.weight.detach().to(torch.float32)
@@ -241,8 +256,7 @@ class Int8Linear:
         self.scales = (w.abs().amax(1).clamp(min=1e-12) / 127).contiguous()
         q = torch.clamp(torch.round(w / self.scales[:, None]), -127, 127).to(torch.int8)
         self.wsum = q.sum(1, dtype=torch.int32)
-        self.weight = torch.zeros((n, -(-k // 64) * 64), dtype=torch.int8)
-        self.weight[:, :k] = q
+        self.weight = pad_inputs(q, torch.int8)
         bias = linear.bias
         self.bias = None if bias is None else bias.detach().to(torch.float32)
         self._op = torch.ops.samplemind.int8_linear
@@ -264,22 +278,10 @@ class HalfLinear:
     bf16 kernel."""
 
     def __init__(self, linear: Any, dtype: Any = None) -> None:
-        from samplemind_gen.engines import native_kernels
-
-        if not native_kernels.available():
-            raise RuntimeError(
-                f"samplemind-gen's CPU kernels are not built: {native_kernels.reason()}"
-            )
+        require_kernels()
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
-        dtype = dtype or torch.bfloat16
-        w = linear.weight.detach()
-        n, k = w.shape
-        if k % 64 == 0:  # no padding: the loaded weight itself when it has the dtype already
-            self.weight = w.to(dtype).contiguous()
-        else:
-            self.weight = torch.zeros((n, -(-k // 64) * 64), dtype=dtype)
-            self.weight[:, :k] = w
+        self.weight = pad_inputs(linear.weight.detach(), dtype or torch.bfloat16)
         bias = linear.bias
         self.bias = None if bias is None else bias.detach().to(torch.float32)
         self._op = torch.ops.samplemind.half_linear
