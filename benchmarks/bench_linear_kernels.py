@@ -79,6 +79,9 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
         for dtype, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
             half = [HalfLinear(lin, dtype) for lin in linears(weights)]
             variants[f"{label} samplemind {isa}"] = (half, torch.bfloat16)  # type: ignore[assignment]
+        if torch.ops.samplemind.amx_kinds():  # the same kernels with AMX switched off
+            for name in [n for n in variants if " samplemind " in n and n[:4] in ("bf16", "int8")]:
+                variants[f"{name} no AMX"] = variants[name]
     else:
         print(f"samplemind-gen's kernels skipped: {native_kernels.reason()}")
     return variants
@@ -112,19 +115,21 @@ def main() -> None:
     variants = build(weights, args.rows)
     inputs = {n: torch.randn(args.rows, n) for n in (1024, 4096)}
 
-    def run(fns: list[Callable[[Any], Any]], dtype: Any) -> float:
+    def run(name: str, fns: list[Callable[[Any], Any]], dtype: Any) -> float:
         xs = {n: x.to(dtype) for n, x in inputs.items()}
+        if " samplemind " in name:  # AMX where it runs by default, or switched off
+            torch.ops.samplemind.set_amx_min_rows(1 << 30 if name.endswith("no AMX") else -1)
         t0 = time.perf_counter()
         for fn, (i, _o) in zip(fns, shapes, strict=True):
             fn(xs[i])
         return time.perf_counter() - t0
 
-    for fns, dtype in variants.values():  # warm-up: first-call allocations, kernel choice
-        run(fns, dtype)
+    for name, (fns, dtype) in variants.items():  # warm-up: first-call allocations, kernel choice
+        run(name, fns, dtype)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (fns, dtype) in variants.items():
-            times[name].append(run(fns, dtype))
+            times[name].append(run(name, fns, dtype))
     fp32 = times["fp32 F.linear"]
     print(f"{args.layers} layers, {args.rows} rows, torch {torch.__version__}")
     print(f"{'kernel':32s} {'ms / layer':>10s} {'vs fp32':>8s}")

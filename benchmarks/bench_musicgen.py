@@ -18,7 +18,9 @@ loop over plain bf16 modules (what bf16 is without oneDNN weight packing), and
 "-unfused" variants of bf16, int8 and int4: the step on PyTorch's sdpa (bf16 caches), layer
 norm, add and GELU instead of samplemind-gen's step ops (one op per attention, int8 caches in the
 quantized modes, add + layer norm fused, GELU inside the fc1 kernel), and "bf16-lib" / "fp16-lib":
-bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel.
+bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel, and
+"bf16-noamx" / "int8-noamx": samplemind-gen's kernels with AMX tiles switched off
+(`SAMPLEMIND_GEN_AMX=0`; only CPUs with AMX differ). `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -55,6 +57,9 @@ MODES = (
     # bf16 / fp16 linear layers on oneDNN / fbgemm instead of samplemind-gen's half_linear
     "bf16-lib",
     "fp16-lib",
+    # samplemind-gen's kernels without AMX tiles (Xeons since Sapphire Rapids)
+    "bf16-noamx",
+    "int8-noamx",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -153,6 +158,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             options = dataclasses.replace(options, pack=False)
         if variant in ("fbgemm", "aten"):  # PyTorch's int8/int4 kernels, not our VNNI ones
             os.environ["SAMPLEMIND_GEN_NATIVE_KERNELS"] = "0"
+        if variant == "noamx":  # samplemind-gen's kernels without AMX tiles
+            os.environ["SAMPLEMIND_GEN_AMX"] = "0"
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
             from samplemind_gen.engines import musicgen_quant
 
@@ -168,15 +175,15 @@ def worker(mode: str, checkpoint: Path) -> None:
     loaded["hwm_reset"] = reset_peak_rss()
     print(json.dumps({"ready": mode, **loaded}), flush=True)
     for line in sys.stdin:
-        duration = float(line)
+        duration, takes = float(line.split()[0]), int(line.split()[1])
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        result = run(duration)
+        result = run(duration, takes)
         if cuda:
             torch.cuda.synchronize()
             result["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result.update(loaded, peak_rss_mb=vm_hwm_mb(), mode=mode, duration=duration)
+        result.update(loaded, peak_rss_mb=vm_hwm_mb(), mode=mode, duration=duration, takes=takes)
         print(json.dumps(result), flush=True)
 
 
@@ -189,15 +196,15 @@ def baseline_runner(model, processor):  # type: ignore[no-untyped-def]
     device = model.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def run(duration: float) -> dict:
+    def run(duration: float, takes: int = 1) -> dict:
         steps = round(duration * frame_rate) + codebooks - 1
-        inputs = processor(text=[PROMPT], padding=True, return_tensors="pt").to(device)
+        inputs = processor(text=[PROMPT] * takes, padding=True, return_tensors="pt").to(device)
         sync()
         t0 = time.perf_counter()
         model.text_encoder(**inputs)
         sync()
         t_text = time.perf_counter() - t0
-        codes = torch.randint(0, 2048, (1, 1, codebooks, steps - codebooks + 1), device=device)
+        codes = torch.randint(0, 2048, (1, takes, codebooks, steps - codebooks + 1), device=device)
         t0 = time.perf_counter()
         model.audio_encoder.decode(codes, audio_scales=[None])
         sync()
@@ -226,13 +233,16 @@ def baseline_runner(model, processor):  # type: ignore[no-untyped-def]
 def engine_runner(engine):  # type: ignore[no-untyped-def]
     from samplemind_gen.request import GenerationRequest
 
-    def run(duration: float) -> dict:
-        request = GenerationRequest(PROMPT, duration=duration, seed=1, guidance_scale=3.0)
+    def run(duration: float, takes: int = 1) -> dict:
+        requests = [
+            GenerationRequest(PROMPT, duration=duration, seed=1 + i, guidance_scale=3.0)
+            for i in range(takes)
+        ]
         chunks = [0]
         t0 = time.perf_counter()
-        (take,) = engine.generate(
-            [request], on_audio=lambda c, s: chunks.__setitem__(0, chunks[0] + 1)
-        )
+        take = engine.generate(
+            requests, on_audio=lambda c, s: chunks.__setitem__(0, chunks[0] + 1)
+        )[0]
         total = time.perf_counter() - t0
         t = take.timings
         steps = engine.steps_for(duration)
@@ -296,6 +306,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=2.5, help="seconds of audio per take")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
+        "--takes", type=int, default=1, help="takes per call, generated as one batch (default 1)"
+    )
+    ap.add_argument(
         "--warmup-duration",
         type=float,
         default=0.3,
@@ -337,12 +350,12 @@ def main() -> int:
             print(f"loaded {mode}: {loads[mode]['load_s']:.1f} s", flush=True)
         results: dict[str, list[dict]] = {m: [] for m in modes}
 
-        def ask(mode: str, duration: float) -> dict | None:
+        def ask(mode: str, duration: float, takes: int = 1) -> dict | None:
             """One take from `mode`'s worker; None (and the mode dropped) if the worker died."""
             p = workers[mode]
             assert p.stdin is not None and p.stdout is not None
             try:
-                p.stdin.write(f"{duration}\n")
+                p.stdin.write(f"{duration} {takes}\n")
                 p.stdin.flush()
                 return json.loads(p.stdout.readline())
             except (OSError, ValueError):
@@ -355,7 +368,7 @@ def main() -> int:
             ask(mode, args.warmup_duration)
         for r in range(args.rounds):
             for mode in list(modes):
-                res = ask(mode, args.duration)
+                res = ask(mode, args.duration, args.takes)
                 if res is None:
                     continue
                 results[mode].append(res)
@@ -370,17 +383,21 @@ def main() -> int:
             if p.stdin:
                 p.stdin.close()
             p.wait(timeout=60)
-    report(info, modes, results, args.duration)
+    report(info, modes, results, args.duration, args.takes)
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1))
     return 0
 
 
-def report(info: dict, modes: list[str], results: dict[str, list[dict]], duration: float) -> None:
+def report(
+    info: dict, modes: list[str], results: dict[str, list[dict]], duration: float, takes: int = 1
+) -> None:
     cpu_base, cuda_base = results.get("baseline"), results.get("cuda-baseline")
     print()
     print(
-        f"musicgen-small architecture, CFG 3, {duration:g} s takes, {len(next(iter(results.values())))} "
+        f"musicgen-small architecture, CFG 3, {duration:g} s takes"
+        + (f" ({takes} per call, one batch)" if takes > 1 else "")
+        + f", {len(next(iter(results.values())))} "
         f"rounds; {info.get('gpu') or ''} {info['cpu']}, {info['cores']} cores; "
         f"torch {info['torch']}, "
         f"transformers {info['transformers']}; {info['date']}"

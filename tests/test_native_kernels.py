@@ -116,19 +116,106 @@ def test_kernels_give_the_same_result_on_any_number_of_threads():
     from samplemind_gen.engines.musicgen_quant import HalfLinear, Int4Linear, Int8Linear
 
     torch.manual_seed(0)
-    linear = nn.Linear(1024, 1000)
-    x = torch.randn(2, 1, 1024)
+    linear, tiled = nn.Linear(1024, 1000), nn.Linear(1024, 1024)  # AMX takes blocks of 16
+    x, x8 = torch.randn(2, 1, 1024), torch.randn(8, 1, 1024)
     kernels = (Int8Linear(linear), Int4Linear(linear), HalfLinear(linear))
+    calls = [lambda k=k: k(x) for k in kernels]
+    calls += [lambda: Int8Linear(tiled)(x8), lambda: HalfLinear(tiled)(x8.to(torch.bfloat16))]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = [k(x) for k in kernels]
+        one = [call() for call in calls]
         torch.set_num_threads(2)
-        two = [k(x) for k in kernels]
+        two = [call() for call in calls]
     finally:
         torch.set_num_threads(before)
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
+
+
+def _amx(kind: str) -> bool:
+    return native_kernels.available() and kind in torch.ops.samplemind.amx_kinds().split(",")
+
+
+class _AmxRows:
+    """Within the block, AMX from `rows` activation rows up (1 << 30: never)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __enter__(self) -> None:
+        self.before = torch.ops.samplemind.set_amx_min_rows(self.rows)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.ops.samplemind.set_amx_min_rows(self.before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 9, 16, 17])
+@pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (80, 48), (100, 32)])
+def test_amx_int8_products_are_the_vector_kernels_bit_for_bit(rows, shape):
+    """int8 on AMX tiles (`tdpbsud`) sums the same integers as `vpdpbusd`: the same outputs,
+    fp32 or bf16 activations, with or without the GELU, any row count (groups of 16 rows)."""
+    from samplemind_gen.engines.musicgen_quant import Int8Linear
+
+    if not _amx("int8"):
+        pytest.skip("no AMX-INT8 here")
+    torch.manual_seed(rows)
+    k, n = shape
+    kernel = Int8Linear(nn.Linear(k, n))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(rows, 1, k).to(dtype)
+        with _AmxRows(1):
+            tiles = kernel(x), kernel.with_gelu()(x)
+        with _AmxRows(1 << 30):
+            vector = kernel(x), kernel.with_gelu()(x)
+        assert torch.equal(tiles[0], vector[0]) and torch.equal(tiles[1], vector[1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 4, 9, 16, 17])
+@pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (80, 48)])
+def test_amx_bf16_products_match_and_do_not_depend_on_the_batch(rows, shape):
+    """bf16 x bf16 on AMX tiles: the float product of the bf16 values (within the output's bf16
+    rounding of the vector kernel), and each row exactly what it is alone: a take's numbers do
+    not change with the number of takes in its batch."""
+    from samplemind_gen.engines.musicgen_quant import HalfLinear
+
+    if not _amx("bf16"):
+        pytest.skip("no AMX-BF16 here")
+    torch.manual_seed(rows)
+    k, n = shape
+    linear = nn.Linear(k, n)
+    kernel = HalfLinear(linear, torch.bfloat16)
+    x = torch.randn(rows, 1, k).to(torch.bfloat16)
+    expected = nn.functional.linear(
+        x.float(), linear.weight.detach().to(torch.bfloat16).float(), linear.bias.detach()
+    )
+    with _AmxRows(1):
+        tiles = kernel(x)
+        alone = torch.cat([kernel(x[i : i + 1]) for i in range(rows)])
+        gelu = kernel.with_gelu()(x)
+    with _AmxRows(1 << 30):
+        vector = kernel(x)
+    assert tiles.dtype == torch.bfloat16 and tiles.shape == (rows, 1, n)
+    assert rel_err(tiles, expected) < 4e-3 and rel_err(tiles, vector) < 4e-3
+    assert rel_err(gelu, nn.functional.gelu(expected)) < 4e-3
+    assert torch.equal(tiles, alone)
+
+
+@needs_kernels
+def test_amx_can_be_switched_off():
+    code = "import torch; from samplemind_gen.engines import native_kernels; "
+    code += "native_kernels.available(); print(repr(torch.ops.samplemind.amx_kinds()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "SAMPLEMIND_GEN_AMX": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "''"
 
 
 @needs_kernels
