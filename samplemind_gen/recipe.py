@@ -25,6 +25,10 @@ class Recipe:
     channels: int
     duration: float
     app_version: str = __version__
+    # Which kernels made it ("samplemind avx512vnni+amx", "onednn", "pytorch", ...): they round
+    # differently, so the same recipe on another CPU can give a different take. "" in recipes
+    # from before it was recorded.
+    kernels: str = ""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:

@@ -164,6 +164,7 @@ class AudioEngineWithGeneration:
             sample_rate=out.sample_rate,
             channels=out.channels,
             duration=out.request.duration,
+            kernels=str(getattr(engine, "kernels", "pytorch")),
         )
         return Take(
             audio=out.audio,

@@ -616,3 +616,31 @@ def test_the_analyser_warms_up_beside_the_load_and_is_done_before_a_take(
     quiet = AudioEngineWithGeneration(LoadOptions(device="cpu", dtype="float32"), analyze=False)
     quiet.load(str(tiny_musicgen), warm_up=True)
     assert len(calls) == 1 and not quiet.analysis_warmed
+
+
+def test_the_recipe_names_the_kernels_that_made_the_take(tiny_musicgen: Path):
+    """Kernels round differently (our instruction-set paths, AMX, oneDNN, PyTorch), so the recipe
+    says which made the take."""
+    from samplemind_gen.devices import cpu_supports_bf16
+    from samplemind_gen.engines import native_kernels
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    request = GenerationRequest("lofi hip hop drums", duration=0.2, seed=3)
+    labels = {}
+    for name, options in (
+        ("fp32", LoadOptions(dtype="float32")),
+        ("bf16", LoadOptions(dtype="bfloat16")),
+        ("int8", LoadOptions(quantize="int8")),
+    ):
+        service = AudioEngineWithGeneration(options, analyze=False)
+        (take,) = service.generate_blocking(request, model=str(tiny_musicgen))
+        labels[name] = take.recipe.kernels
+    assert labels["fp32"] == "pytorch"
+    if native_kernels.available():
+        isa = native_kernels.isa()
+        amx = "bf16" in torch.ops.samplemind.amx_kinds().split(",")
+        if cpu_supports_bf16() or labels["bf16"].startswith("samplemind"):
+            assert labels["bf16"] == f"samplemind {isa}" + ("+amx" if amx else "")
+        assert labels["int8"] == f"samplemind {isa}"  # int8 on tiles: the same numbers
+    else:
+        assert labels["int8"] == "fbgemm"

@@ -205,6 +205,7 @@ def run_show(args: argparse.Namespace) -> int:
         ("model", f"{entry.recipe.model} @ {entry.recipe.revision or 'local'}"),
         ("seed", entry.seed),
         ("device", f"{entry.recipe.device} {entry.recipe.dtype}"),
+        ("kernels", entry.recipe.kernels or "not recorded"),
         ("created", entry.created),
         ("file", f"{entry.path}{' (in the trash)' if entry.deleted else ''}"),
         ("rating", "*" * (entry.rating or 0) or "-"),

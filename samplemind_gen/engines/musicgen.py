@@ -125,6 +125,15 @@ class MusicGenEngine:
         )
         self.last_stream: ChunkedAudioDecoder | None = None
 
+    @property
+    def kernels(self) -> str:
+        """The decoder's linear kernels, for the recipe (`musicgen_quant.kernel_label`)."""
+        if self.device != "cpu":
+            return "pytorch"
+        from samplemind_gen.engines.musicgen_quant import kernel_label
+
+        return kernel_label(self.model.decoder)
+
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(

@@ -483,6 +483,32 @@ def is_int4(module: Any) -> bool:
     return _holds(module, Int4Linear)
 
 
+def kernel_label(module: Any) -> str:
+    """Which linear kernels `module`'s layers run on, for a take's recipe: each rounds
+    differently, so a recipe remade on a CPU with other kernels can differ. "samplemind <isa>"
+    (plus "+amx" where bf16 products run on AMX tiles; int8 on tiles gives the same numbers),
+    "onednn", "fbgemm", "aten" or "pytorch"."""
+    from samplemind_gen.engines import native_kernels
+
+    kernels = [m.kernel for m in module.modules() if isinstance(m, PackedModule)]
+    ours = [
+        k
+        for k in kernels
+        if isinstance(k, HalfLinear | Int8Linear) or (isinstance(k, Int4Linear) and k.native)
+    ]
+    if ours:
+        label = f"samplemind {native_kernels.isa()}"
+        bf16 = any(isinstance(k, HalfLinear) and k.weight.dtype == torch.bfloat16 for k in ours)
+        if bf16 and "bf16" in str(torch.ops.samplemind.amx_kinds()).split(","):
+            label += "+amx"
+        return label
+    if any(isinstance(k, OneDNNLinear) for k in kernels):
+        return "onednn"
+    if is_quantized(module):
+        return "fbgemm"
+    return "aten" if kernels else "pytorch"
+
+
 def _holds(module: Any, kernel: type) -> bool:
     return any(
         isinstance(m, PackedModule) and isinstance(m.kernel, kernel) for m in module.modules()

@@ -174,15 +174,25 @@ at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
   return at::Tensor();
 }
 
+// A per-thread scratch buffer of at least `count` elements, kept between calls (slot: which one).
+// Batched takes need ~128 KB buffers a call, and with the app's 64 KB mmap threshold (glibc) a
+// fresh one was mapped and faulted in on every call.
+template <typename T, int kSlot>
+T* scratch(int64_t count) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+  return buffer.data();
+}
+
 // The (M, N) fp32 results `y` (bias added) -> GELU when `gelu` -> x's shape with N outputs, in
 // the activations' dtype.
-at::Tensor finish_outputs(const at::Tensor& x, const at::Tensor& xc, int64_t N,
-                          std::vector<float>& y, bool gelu) {
+at::Tensor finish_outputs(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
+                          float* y, bool gelu) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
-  if (gelu) samplemind_kernels::gelu_inplace(y.data(), static_cast<int64_t>(y.size()));
+  if (gelu) samplemind_kernels::gelu_inplace(y, M * N);
   at::Tensor out = at::empty(shape, xc.options());
-  store_rows(y.data(), static_cast<int64_t>(y.size()), out);
+  store_rows(y, M * N, out);
   return out;
 }
 
@@ -193,8 +203,7 @@ at::Tensor finish_outputs(const at::Tensor& x, const at::Tensor& xc, int64_t N,
 template <int kRows = 4, typename Block>
 at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
                            const std::optional<at::Tensor>& bias, bool gelu, Block block) {
-  std::vector<float> result(M * N);
-  float* y = result.data();
+  float* y = scratch<float, 0>(M * N);
   const at::Tensor bias_f = float_bias(bias);
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
@@ -208,7 +217,7 @@ at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M,
       }
     }
   });
-  return finish_outputs(x, xc, N, result, gelu);
+  return finish_outputs(x, xc, M, N, y, gelu);
 }
 
 // The activation applied to a linear kernel's outputs: "none" or "gelu" (erf, as F.gelu).
@@ -580,17 +589,24 @@ SMG_AMX void amx_blocks(const uint8_t* w, int64_t row, const uint32_t* b, int64_
 // The product over every block of 16 outputs, activation rows in groups of 16; `done(nb, m0, mg,
 // c)` turns block nb's results for rows m0 .. m0 + mg into outputs, on the thread that made them
 // (outside the AMX function, so its arithmetic is compiled as the vector kernels' epilogues are).
+// The buffers (packed activations, tiles) are the calling thread's and kept between calls: the
+// app sets glibc's mmap threshold to 64 KB, and a fresh 256 KB buffer per call was mapped and
+// faulted in anew each time.
 template <bool kInt8, typename Done>
 void amx_product(const uint8_t* x, int64_t x_row, int64_t x_bytes, int64_t M, const uint8_t* w,
                  int64_t w_row, int64_t N, Done done) {
-  std::vector<uint32_t> b(w_row / 4 * kAmxRows);
-  std::vector<uint32_t> c(N * kAmxRows);
+  thread_local std::vector<uint32_t> b, c;
+  const int64_t rows = std::min(kAmxRows, M);
+  if (static_cast<int64_t>(b.size()) < w_row / 4 * rows) b.resize(w_row / 4 * rows);
+  if (static_cast<int64_t>(c.size()) < N * rows) c.resize(N * rows);
+  uint32_t* packed = b.data();  // not `b` in the workers: a thread_local name is per thread
+  uint32_t* tiles = c.data();
   for (int64_t m0 = 0; m0 < M; m0 += kAmxRows) {
     const int64_t mg = std::min(kAmxRows, M - m0);
-    pack_words(x, x_row, x_bytes, w_row, m0, mg, b.data());
+    pack_words(x, x_row, x_bytes, w_row, m0, mg, packed);
     at::parallel_for(0, N / 16, 2, [&](int64_t nb0, int64_t nb1) {
-      amx_blocks<kInt8>(w, w_row, b.data(), mg, nb0, nb1, c.data());
-      for (int64_t nb = nb0; nb < nb1; ++nb) done(nb, m0, mg, c.data() + 16 * mg * nb);
+      amx_blocks<kInt8>(w, w_row, packed, mg, nb0, nb1, tiles);
+      for (int64_t nb = nb0; nb < nb1; ++nb) done(nb, m0, mg, tiles + 16 * mg * nb);
     });
   }
 }
@@ -683,7 +699,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const int32_t* ws = wsum.data_ptr<int32_t>();
 #if SMG_HAVE_AMX
   if (use_amx(kAmxInt8, M, N)) {
-    std::vector<float> y(M * N);
+    float* y = scratch<float, 0>(M * N);
     const at::Tensor bias_f = float_bias(bias);
     const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
     amx_product<true>(xu.data(), Kp, Kp, M, reinterpret_cast<const uint8_t*>(wp), Kp, N,
@@ -698,7 +714,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
         }
       }
     });
-    return finish_outputs(x, xc, N, y, gelu_or_none(activation));
+    return finish_outputs(x, xc, M, N, y, gelu_or_none(activation));
   }
 #endif
   return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
@@ -853,7 +869,7 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
   const bool wide = kernel_isa_choice() == Isa::kAvx512;
 #if SMG_HAVE_AMX
   if (!half && bf16 && use_amx(kAmxBf16, M, N)) {  // bf16 x bf16 on tiles
-    std::vector<float> y(M * N);
+    float* y = scratch<float, 0>(M * N);
     const at::Tensor bias_f = float_bias(bias);
     const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
     amx_product<false>(static_cast<const uint8_t*>(xc.data_ptr()), 2 * K, 2 * K, M,
@@ -866,27 +882,29 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
         for (int64_t i = 0; i < mg; ++i) y[(m0 + i) * N + n] = cf[r * mg + i] + add;
       }
     });
-    return finish_outputs(x, xc, N, y, gelu_or_none(activation));
+    return finish_outputs(x, xc, M, N, y, gelu_or_none(activation));
   }
 #endif
 #if SMG_HAVE_BF16_PAIRS
   if (!half && bf16 && bf16_pairs_available()) {  // bf16 x bf16: pairs, no widening
-    std::vector<uint16_t> xb(M * Kp, 0);
+    uint16_t* xb = scratch<uint16_t, 0>(M * Kp);
+    std::fill(xb, xb + M * Kp, static_cast<uint16_t>(0));
     const uint16_t* xs = static_cast<const uint16_t*>(xc.data_ptr());
-    for (int64_t m = 0; m < M; ++m) std::copy(xs + m * K, xs + (m + 1) * K, xb.data() + m * Kp);
+    for (int64_t m = 0; m < M; ++m) std::copy(xs + m * K, xs + (m + 1) * K, xb + m * Kp);
     return for_each_output<8>(x, xc, M, N, bias, gelu_or_none(activation),
                               [&](int64_t n, int64_t m0, int64_t mb, float* out) {
-      const uint16_t* xr = xb.data() + m0 * Kp;
+      const uint16_t* xr = xb + m0 * Kp;
       with_rows8(mb, [&]<int MB>() { dot_rows_bf16_pairs<MB>(wp + n * Kp, xr, Kp, out); });
     });
   }
 #endif
-  std::vector<float> xf(M * Kp, 0.0f);
-  widen_rows(xc.data_ptr(), bf16, M, K, Kp, xf.data());
+  float* xf = scratch<float, 1>(M * Kp);
+  std::fill(xf, xf + M * Kp, 0.0f);
+  widen_rows(xc.data_ptr(), bf16, M, K, Kp, xf);
   return for_each_output<8>(x, xc, M, N, bias, gelu_or_none(activation),
                          [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const uint16_t* wn = wp + n * Kp;
-    const float* xr = xf.data() + m0 * Kp;
+    const float* xr = xf + m0 * Kp;
     with_rows8(mb, [&]<int MB>() { half_rows<MB>(wide, half, wn, xr, Kp, out); });
   });
 }
