@@ -81,6 +81,35 @@ def test_self_attention_writes_the_cache_and_matches_sdpa(cache, act, dim):
 
 
 @needs_kernels
+@pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("position", [510, 511, 513, 1030])
+def test_self_attention_over_long_caches_matches_sdpa(cache, position):
+    """From 512 cached frames the op reads the cache as several stretches side by side (and
+    sums their values separately): the same attention, whatever the remainder."""
+    gen = torch.Generator().manual_seed(position)
+    rows, heads, dim = 2, 3, 64
+    shape = (rows, heads, position + 4, dim)
+    if cache == torch.int8:
+        keys = torch.randint(-127, 128, shape, dtype=torch.int8, generator=gen)
+        values = torch.randint(-127, 128, shape, dtype=torch.int8, generator=gen)
+        ks, vs = (
+            torch.rand(shape[:3], generator=gen) / 100,
+            torch.rand(shape[:3], generator=gen) / 100,
+        )
+    else:
+        keys = torch.randn(shape, generator=gen).to(cache)
+        values = torch.randn(shape, generator=gen).to(cache)
+        ks = vs = None
+    qkv = 2 * torch.randn(rows, 1, 3 * heads * dim, generator=gen)
+    out = torch.ops.samplemind.self_attention(qkv, keys, values, ks, vs, position, dim**-0.5)
+    end = position + 1
+    k, v = dequantized(keys, ks)[:, :, :end], dequantized(values, vs)[:, :, :end]
+    q = qkv[..., : heads * dim].view(rows, 1, heads, dim).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(q, k, v, scale=dim**-0.5)
+    assert rel_err(out, ref.transpose(1, 2).reshape(rows, 1, heads * dim)) < 1e-5
+
+
+@needs_kernels
 @pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])
 def test_cross_attention_matches_sdpa_with_the_prompt_mask(cache):
     torch.manual_seed(1)
@@ -167,6 +196,14 @@ for cache in (torch.bfloat16, torch.int8):
     ref = F.scaled_dot_product_attention(q, k[:, :, :37], v[:, :, :37], scale=0.125)
     ref = ref.transpose(1, 2).reshape(rows, 1, heads * dim)
     out[str(cache)] = float((a - ref).norm() / ref.norm())
+# a long cache (601 frames: read in stretches side by side, with a remainder)
+keys, values = torch.randn(rows, heads, 610, dim), torch.randn(rows, heads, 610, dim)
+qkv = torch.randn(rows, 1, 3 * heads * dim)
+a = torch.ops.samplemind.self_attention(qkv, keys, values, None, None, 600, 0.125)
+q = qkv[..., : heads * dim].view(rows, 1, heads, dim).transpose(1, 2)
+ref = F.scaled_dot_product_attention(q, keys[:, :, :601], values[:, :, :601], scale=0.125)
+ref = ref.transpose(1, 2).reshape(rows, 1, heads * dim)
+out["long"] = float((a - ref).norm() / ref.norm())
 x, d, w, b = (torch.randn(2, 1, 1024) for _ in range(4))
 total, normed = torch.ops.samplemind.add_layer_norm(x, d, w[0, 0], b[0, 0], 1e-5)
 ref = F.layer_norm(x + d, (1024,), w[0, 0], b[0, 0], 1e-5)
@@ -190,7 +227,7 @@ def test_every_instruction_set_path_computes_the_step_ops_alike(isa: str):
         pytest.skip(f"this CPU has no {isa}")
     out = run_on_path(ISA_CHECK, isa)
     assert out["isa"] == ISA_NAME[isa]
-    assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5
+    assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5 and out["long"] < 1e-5
     assert out["add_layer_norm"] < 1e-5 and out["gelu"] < 1e-5
 
 
