@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -488,8 +489,8 @@ SMG_AVX2 void quantize_rows_u8(const void* x, bool bf16, int64_t M, int64_t K, i
 // per call (a few KB), and C 16 outputs x up to 16 activation rows. The weight stream runs
 // faster through tile loads than through vector loads here (bf16: 28-30 against 21-27 GB/s,
 // `bench_linear_kernels.py`), and batched takes (8 rows) stop being bound by the vector
-// kernels' loads and arithmetic (a 4096 x 1024 bf16 matrix at 8 rows: 0.52 ms on `vdpbf16ps`,
-// 0.39 on oneDNN's AMX kernel, 0.33 here). int8 is exact integer arithmetic
+// kernels' loads and arithmetic (a decoder layer's bf16 matrices at 8 rows: 1.42 ms on
+// `vdpbf16ps`, 1.16 on oneDNN's AMX kernel, 1.06 here). int8 is exact integer arithmetic
 // (`tdpbsud`: signed weights x unsigned activations), so it gives the vector kernel's results
 // bit for bit. Each block of 16 outputs is one thread's from start to end, so results do not
 // depend on the thread count.
@@ -542,17 +543,17 @@ bool use_amx(AmxFeature feature, int64_t M, int64_t N) {
   return N % 16 == 0 && M >= least && (amx_features() & feature) != 0;
 }
 
-// Rows m0 .. m0 + mg of x (`row` bytes apart) as AMX's B operand: each 4-byte word of tile row r
-// holds one activation row's 4 bytes at byte offset 4r of each 64-byte block (a bf16 pair or four
-// int8 values). `bytes` of each row are read; the rest, to `padded`, is zero.
-void pack_words(const uint8_t* x, int64_t row, int64_t bytes, int64_t padded, int64_t m0,
-                int64_t mg, uint32_t* b) {
+// Rows m0 .. m0 + mg of x (`row` bytes each, back to back) as AMX's B operand: each 4-byte word
+// of tile row r holds one activation row's 4 bytes at byte offset 4r of each 64-byte block (a
+// bf16 pair or four int8 values); zero from `row` to `padded`.
+void pack_words(const uint8_t* x, int64_t row, int64_t padded, int64_t m0, int64_t mg,
+                uint32_t* b) {
   for (int64_t m = 0; m < mg; ++m) {
     const uint8_t* r = x + (m0 + m) * row;
     for (int64_t k = 0; k < padded; k += 4) {
       uint32_t word = 0;
-      if (k + 4 <= bytes) std::memcpy(&word, r + k, 4);
-      else if (k < bytes) std::memcpy(&word, r + k, bytes - k);
+      if (k + 4 <= row) std::memcpy(&word, r + k, 4);
+      else if (k < row) std::memcpy(&word, r + k, row - k);
       b[(k / 4) * mg + m] = word;
     }
   }
@@ -586,29 +587,41 @@ SMG_AMX void amx_blocks(const uint8_t* w, int64_t row, const uint32_t* b, int64_
   _tile_release();
 }
 
-// The product over every block of 16 outputs, activation rows in groups of 16; `done(nb, m0, mg,
-// c)` turns block nb's results for rows m0 .. m0 + mg into outputs, on the thread that made them
-// (outside the AMX function, so its arithmetic is compiled as the vector kernels' epilogues are).
+// x (M rows of `x_row` bytes) times the weights (N rows of `w_row` bytes) on tiles, activation
+// rows in groups of 16: output n of row m is value(n, m, its tile word) + bias[n], then GELU when
+// asked, in x's shape and the activations' dtype. `value` runs on the thread that made the tile,
+// outside the AMX function, so its arithmetic compiles as the vector kernels' epilogues do.
 // The buffers (packed activations, tiles) are the calling thread's and kept between calls: the
 // app sets glibc's mmap threshold to 64 KB, and a fresh 256 KB buffer per call was mapped and
 // faulted in anew each time.
-template <bool kInt8, typename Done>
-void amx_product(const uint8_t* x, int64_t x_row, int64_t x_bytes, int64_t M, const uint8_t* w,
-                 int64_t w_row, int64_t N, Done done) {
+template <bool kInt8, typename Value>
+at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& xc, const uint8_t* xs, int64_t x_row,
+                      int64_t M, const void* weight, int64_t w_row, int64_t N,
+                      const std::optional<at::Tensor>& bias, c10::string_view activation,
+                      Value value) {
   thread_local std::vector<uint32_t> b, c;
   const int64_t rows = std::min(kAmxRows, M);
   if (static_cast<int64_t>(b.size()) < w_row / 4 * rows) b.resize(w_row / 4 * rows);
   if (static_cast<int64_t>(c.size()) < N * rows) c.resize(N * rows);
   uint32_t* packed = b.data();  // not `b` in the workers: a thread_local name is per thread
   uint32_t* tiles = c.data();
+  float* y = scratch<float, 0>(M * N);
+  const at::Tensor bias_f = float_bias(bias);
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  const uint8_t* w = static_cast<const uint8_t*>(weight);
   for (int64_t m0 = 0; m0 < M; m0 += kAmxRows) {
     const int64_t mg = std::min(kAmxRows, M - m0);
-    pack_words(x, x_row, x_bytes, w_row, m0, mg, packed);
+    pack_words(xs, x_row, w_row, m0, mg, packed);
     at::parallel_for(0, N / 16, 2, [&](int64_t nb0, int64_t nb1) {
       amx_blocks<kInt8>(w, w_row, packed, mg, nb0, nb1, tiles);
-      for (int64_t nb = nb0; nb < nb1; ++nb) done(nb, m0, mg, tiles + 16 * mg * nb);
+      for (int64_t n = nb0 * 16; n < nb1 * 16; ++n) {
+        const uint32_t* words = tiles + 16 * mg * (n / 16) + (n % 16) * mg;
+        const float add = bp ? bp[n] : 0.0f;
+        for (int64_t i = 0; i < mg; ++i) y[(m0 + i) * N + n] = value(n, m0 + i, words[i]) + add;
+      }
     });
   }
+  return finish_outputs(x, xc, M, N, y, gelu_or_none(activation));
 }
 #else
 #define SMG_HAVE_AMX 0
@@ -698,23 +711,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const float* sw = scales.data_ptr<float>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
 #if SMG_HAVE_AMX
-  if (use_amx(kAmxInt8, M, N)) {
-    float* y = scratch<float, 0>(M * N);
-    const at::Tensor bias_f = float_bias(bias);
-    const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    amx_product<true>(xu.data(), Kp, Kp, M, reinterpret_cast<const uint8_t*>(wp), Kp, N,
-                      [&](int64_t nb, int64_t m0, int64_t mg, const uint32_t* c) {
-      for (int64_t r = 0; r < 16; ++r) {
-        const int64_t n = nb * 16 + r;
-        const float add = bp ? bp[n] : 0.0f;
-        for (int64_t i = 0; i < mg; ++i) {
-          const int32_t dot = static_cast<int32_t>(c[r * mg + i]);
-          const float part = sx[m0 + i] * sw[n] * static_cast<float>(dot - zero * ws[n]);
-          y[(m0 + i) * N + n] = part + add;
-        }
-      }
+  if (use_amx(kAmxInt8, M, N)) {  // the same integer sums on tiles
+    return amx_linear<true>(x, xc, xu.data(), Kp, M, wp, Kp, N, bias, activation,
+                            [&](int64_t n, int64_t m, uint32_t word) {
+      const int32_t dot = static_cast<int32_t>(word);
+      return sx[m] * sw[n] * static_cast<float>(dot - zero * ws[n]);
     });
-    return finish_outputs(x, xc, M, N, y, gelu_or_none(activation));
   }
 #endif
   return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
@@ -869,20 +871,11 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
   const bool wide = kernel_isa_choice() == Isa::kAvx512;
 #if SMG_HAVE_AMX
   if (!half && bf16 && use_amx(kAmxBf16, M, N)) {  // bf16 x bf16 on tiles
-    float* y = scratch<float, 0>(M * N);
-    const at::Tensor bias_f = float_bias(bias);
-    const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    amx_product<false>(static_cast<const uint8_t*>(xc.data_ptr()), 2 * K, 2 * K, M,
-                       reinterpret_cast<const uint8_t*>(wp), 2 * Kp, N,
-                       [&](int64_t nb, int64_t m0, int64_t mg, const uint32_t* c) {
-      const float* cf = reinterpret_cast<const float*>(c);
-      for (int64_t r = 0; r < 16; ++r) {
-        const int64_t n = nb * 16 + r;
-        const float add = bp ? bp[n] : 0.0f;
-        for (int64_t i = 0; i < mg; ++i) y[(m0 + i) * N + n] = cf[r * mg + i] + add;
-      }
+    return amx_linear<false>(x, xc, static_cast<const uint8_t*>(xc.data_ptr()), 2 * K, M, wp,
+                             2 * Kp, N, bias, activation,
+                             [](int64_t, int64_t, uint32_t word) {
+      return std::bit_cast<float>(word);
     });
-    return finish_outputs(x, xc, M, N, y, gelu_or_none(activation));
   }
 #endif
 #if SMG_HAVE_BF16_PAIRS
