@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     analyze.add_parser(sub)
     tui.add_parser(sub)
-    for module_name in ("models", "library", "batch"):
+    for module_name in ("models", "library", "batch", "doctor"):
         module = _optional_module(module_name)
         if module is not None:
             module.add_parser(sub)
