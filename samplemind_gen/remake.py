@@ -10,6 +10,7 @@ from typing import Any
 
 from samplemind_gen.engines.base import ProgressCallback
 from samplemind_gen.library import Library, StoredTake
+from samplemind_gen.recipe import Recipe
 from samplemind_gen.request import GenerationRequest, random_seed
 from samplemind_gen.take import Take
 
@@ -62,6 +63,8 @@ def remake_take(
         cancel=cancel,
         long_form=long_form_of(entry),
     )
+    if not new_seed:
+        take.notes.extend(remake_differences(entry.recipe, take.recipe))
     if destination is None and entry.path is not None:
         destination = entry.path.parent
     return finish_take(
@@ -72,6 +75,23 @@ def remake_take(
         tags=entry.tags,
         fmt=_format_of(entry.path),
     )
+
+
+def remake_differences(original: Recipe, remade: Recipe) -> list[str]:
+    """Why an exact remake can sound different from the original: it ran on other kernels (they
+    round differently) or another samplemind-gen version. Empty when neither."""
+    notes = []
+    if original.kernels and remade.kernels and original.kernels != remade.kernels:
+        notes.append(
+            f"the original was made on {original.kernels} kernels and this machine runs "
+            f"{remade.kernels}: they round differently, so the remake can differ"
+        )
+    if original.app_version != remade.app_version:
+        notes.append(
+            f"the original was made by samplemind-gen {original.app_version}, this is "
+            f"{remade.app_version}: a kernel change between them can make the remake differ"
+        )
+    return notes
 
 
 def _format_of(path: Path | None) -> str | None:

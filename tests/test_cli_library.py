@@ -157,8 +157,37 @@ def test_reroll_and_regenerate(capsys, tiny_musicgen, tmp_path):
     a, _ = sf.read(first["path"], dtype="float32")
     b, _ = sf.read(exact["path"], dtype="float32")
     np.testing.assert_array_equal(a, b)  # bit for bit
+    assert "warning" not in err  # same kernels, same version: nothing to say
     code, out, err = run(capsys, "library", "reroll", first["id"], "--json")
     assert code == 0, err
     again = json.loads(out)
     assert again["seed"] != 11 and again["prompt"] == "lofi drums"
     assert Path(again["path"]).parent == Path(first["path"]).parent
+
+
+def test_regenerate_warns_when_the_take_was_made_on_other_kernels(capsys, tiny_musicgen, tmp_path):
+    """A recipe made on another CPU's kernels (or another version) may not come out bit for bit:
+    `regenerate` says so."""
+    import sqlite3
+
+    from samplemind_gen import paths
+
+    argv = ["generate", "lofi drums", "--model", str(tiny_musicgen), "--duration", "0.3"]
+    assert (
+        main([*argv, "--seed", "4", "--dtype", "float32", "--output", str(tmp_path), "--json"]) == 0
+    )
+    first = json.loads(capsys.readouterr().out)
+    with sqlite3.connect(paths.library_db()) as db:
+        (text,) = db.execute(
+            "SELECT recipe_json FROM takes WHERE id = ?", (first["id"],)
+        ).fetchone()
+        recipe = json.loads(text)
+        assert recipe["kernels"] == "pytorch"
+        recipe.update(kernels="samplemind avx2", app_version="0.0.9")
+        db.execute(
+            "UPDATE takes SET recipe_json = ? WHERE id = ?", (json.dumps(recipe), first["id"])
+        )
+    code, out, err = run(capsys, "library", "regenerate", first["id"], "--json")
+    assert code == 0, err
+    assert "made on samplemind avx2 kernels and this machine runs pytorch" in err
+    assert "made by samplemind-gen 0.0.9" in err

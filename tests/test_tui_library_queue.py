@@ -144,6 +144,30 @@ async def test_library_reroll_and_regenerate_exactly(app, tiny_musicgen, tmp_pat
     assert reroll.seed != 5 and reroll.prompt == original.prompt
 
 
+async def test_library_regenerate_warns_about_other_kernels(app, tiny_musicgen, tmp_path):
+    """A take made on another CPU's kernels may not come out bit for bit: the app says so."""
+    import json
+    import sqlite3
+
+    from samplemind_gen import paths
+    from samplemind_gen.cli.main import main
+
+    argv = ["generate", "lofi drums", "--model", str(tiny_musicgen), "--duration", "0.3"]
+    assert main([*argv, "--seed", "5", "--dtype", "float32", "--output", str(tmp_path)]) == 0
+    with sqlite3.connect(paths.library_db()) as db:
+        take_id, text = db.execute("SELECT id, recipe_json FROM takes").fetchone()
+        recipe = dict(json.loads(text), kernels="samplemind avx2")
+        db.execute("UPDATE takes SET recipe_json = ? WHERE id = ?", (json.dumps(recipe), take_id))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        await pilot.press("R")  # same seed
+        await settle(pilot)
+        toasts = [str(n.message) for n in app._notifications]
+    assert any("made on samplemind avx2 kernels" in t for t in toasts), toasts
+
+
 async def test_queue_add_reorder_cancel_and_run(app, tiny_musicgen, tmp_path):
     with Library() as lib:
         queue = BatchQueue(lib)

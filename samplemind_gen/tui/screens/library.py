@@ -403,6 +403,8 @@ class LibraryScreen(Screen[None]):
         self.query_one(StatusLine).idle()
         how = "regenerated" if message.exact else "re-rolled"
         self.notify(f"{how}: seed {message.take.seed}", markup=False)
+        for note in message.take.notes:  # e.g. made on other kernels: it can differ
+            self.notify(note, severity="warning", markup=False, timeout=10)
         self.refresh_entries(keep=message.take.id)
 
     @on(Worker.StateChanged)
