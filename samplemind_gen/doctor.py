@@ -45,10 +45,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def report(*, build_kernels: bool = True) -> dict[str, Any]:
-    """Everything `doctor` shows, as plain data. `build_kernels`: compile samplemind-gen's CPU
-    kernels if they are not built yet (~20 s, once per machine), so the report says what a
-    take will run on."""
+def report() -> dict[str, Any]:
+    """Everything `doctor` shows, as plain data. Compiles samplemind-gen's CPU kernels if they
+    are not built yet (~20 s, once per machine), so the report says what a take will run on."""
     import torch
 
     from samplemind_gen import paths
@@ -81,12 +80,12 @@ def report(*, build_kernels: bool = True) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         data["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
     kernels: dict[str, Any] = {"cache": str(paths.kernel_cache_dir())}
-    if build_kernels and native_kernels.available():
+    if native_kernels.available():
         kernels.update(
             built=True, isa=native_kernels.isa(), amx=str(torch.ops.samplemind.amx_kinds())
         )
     else:
-        kernels.update(built=False, why=native_kernels.reason() or "not built yet")
+        kernels.update(built=False, why=native_kernels.reason())
     data["kernels"] = kernels
     data["musicgen"] = _musicgen_paths(device, kernels, cpu_default_dtype())
     data["audio_output"] = output_available()
@@ -109,15 +108,20 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
     if kernels.get("built"):
         ours = f"samplemind {kernels['isa']}"
         amx = kernels.get("amx", "").split(",")
-        half = ours + ("+amx" if default == "bfloat16" and "bf16" in amx else "")
+        tiles = ours + ("+amx" if "bf16" in amx else "")  # bf16 products on AMX tiles
         return {
-            "default": {"dtype": default, "kernels": half, "note": ""},
+            "default": {
+                "dtype": default,
+                "kernels": tiles if default == "bfloat16" else ours,
+                "note": "",
+            },
             "int8": {
                 "dtype": "float16+int8",
                 "kernels": ours,
                 "note": "AMX tiles for batches, the same numbers" if "int8" in amx else "",
             },
-            "int4": {"dtype": "bfloat16+int4", "kernels": ours, "note": "lossy: check by ear"},
+            # int4 keeps its LM heads in bf16: on tiles where the CPU has them
+            "int4": {"dtype": "bfloat16+int4", "kernels": tiles, "note": "lossy: check by ear"},
             "float32": reference,
         }
     return {

@@ -34,14 +34,19 @@ def test_doctor_reports_the_machine_and_its_folders(capsys, tmp_path: Path):
 
 
 def test_doctor_names_the_kernels_a_take_then_records(capsys, tiny_musicgen: Path):
-    """The default and int8 paths the report predicts are the `kernels` of takes made so."""
+    """The dtype and kernels the report predicts for each mode are those of takes made so."""
     from samplemind_gen.engines import LoadOptions
     from samplemind_gen.request import GenerationRequest
     from samplemind_gen.service import AudioEngineWithGeneration
 
     modes = doctor_json(capsys)["musicgen"]
     request = GenerationRequest("lofi hip hop drums", duration=0.2, seed=3)
-    for mode, options in (("default", LoadOptions()), ("int8", LoadOptions(quantize="int8"))):
+    for mode, options in (
+        ("default", LoadOptions()),
+        ("int8", LoadOptions(quantize="int8")),
+        ("int4", LoadOptions(quantize="int4")),
+        ("float32", LoadOptions(dtype="float32")),
+    ):
         service = AudioEngineWithGeneration(options, analyze=False)
         (take,) = service.generate_blocking(request, model=str(tiny_musicgen))
         assert take.recipe.kernels == modes[mode]["kernels"]
