@@ -644,3 +644,20 @@ def test_the_recipe_names_the_kernels_that_made_the_take(tiny_musicgen: Path):
         assert labels["int8"] == f"samplemind {isa}"  # int8 on tiles: the same numbers
     else:
         assert labels["int8"] == "fbgemm"
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_take_is_the_same_alone_and_in_a_batch(tiny_musicgen: Path, quantize):
+    """Packed modes: each row's products do not depend on the other rows (bf16 on AMX tiles or
+    `vdpbf16ps`, int8 on tiles or VNNI: the same numbers), so a take made alone and in a batch
+    gets the same codes; the audio differs only by EnCodec's batched convolutions."""
+    from samplemind_gen.engines import native_kernels
+
+    if not native_kernels.available():
+        pytest.skip("oneDNN's and fbgemm's kernels may block rows differently")
+    engine = load_engine(resolve_model(str(tiny_musicgen)), LoadOptions(quantize=quantize))
+    take = GenerationRequest("lofi drums", duration=0.5, seed=3)
+    other = GenerationRequest("deep dub bass line", duration=0.5, seed=4)
+    alone = engine.generate([take])[0].audio
+    batched = engine.generate([take, other, other])[0].audio
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
