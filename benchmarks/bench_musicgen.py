@@ -175,7 +175,8 @@ def worker(mode: str, checkpoint: Path) -> None:
     loaded["hwm_reset"] = reset_peak_rss()
     print(json.dumps({"ready": mode, **loaded}), flush=True)
     for line in sys.stdin:
-        duration, takes = float(line.split()[0]), int(line.split()[1])
+        words = line.split()
+        duration, takes = float(words[0]), int(words[1])
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -82,7 +82,7 @@ def report() -> dict[str, Any]:
     kernels: dict[str, Any] = {"cache": str(paths.kernel_cache_dir())}
     if native_kernels.available():
         kernels.update(
-            built=True, isa=native_kernels.isa(), amx=str(torch.ops.samplemind.amx_kinds())
+            built=True, isa=native_kernels.isa(), amx=",".join(sorted(native_kernels.amx()))
         )
     else:
         kernels.update(built=False, why=native_kernels.reason())
@@ -106,9 +106,9 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
     if not device.startswith("cpu"):
         return {"default": {"dtype": "float16", "kernels": "pytorch", "note": f"on {device}"}}
     if kernels.get("built"):
-        ours = f"samplemind {kernels['isa']}"
-        amx = kernels.get("amx", "").split(",")
-        tiles = ours + ("+amx" if "bf16" in amx else "")  # bf16 products on AMX tiles
+        from samplemind_gen.engines import native_kernels
+
+        ours, tiles = native_kernels.label(), native_kernels.label(bf16=True)
         return {
             "default": {
                 "dtype": default,
@@ -118,7 +118,9 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
             "int8": {
                 "dtype": "float16+int8",
                 "kernels": ours,
-                "note": "AMX tiles for batches, the same numbers" if "int8" in amx else "",
+                "note": "AMX tiles for batches, the same numbers"
+                if "int8" in native_kernels.amx()
+                else "",
             },
             # int4 keeps its LM heads in bf16: on tiles where the CPU has them
             "int4": {"dtype": "bfloat16+int4", "kernels": tiles, "note": "lossy: check by ear"},

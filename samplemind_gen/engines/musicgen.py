@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +126,10 @@ class MusicGenEngine:
         )
         self.last_stream: ChunkedAudioDecoder | None = None
 
-    @property
+    @cached_property
     def kernels(self) -> str:
-        """The decoder's linear kernels, for the recipe (`musicgen_quant.kernel_label`)."""
+        """The decoder's linear kernels, for the recipe (`musicgen_quant.kernel_label`); fixed
+        once loaded, so looked up once, not per take."""
         if self.device != "cpu":
             return "pytorch"
         from samplemind_gen.engines.musicgen_quant import kernel_label

@@ -497,11 +497,8 @@ def kernel_label(module: Any) -> str:
         if isinstance(k, HalfLinear | Int8Linear) or (isinstance(k, Int4Linear) and k.native)
     ]
     if ours:
-        label = f"samplemind {native_kernels.isa()}"
         bf16 = any(isinstance(k, HalfLinear) and k.weight.dtype == torch.bfloat16 for k in ours)
-        if bf16 and "bf16" in str(torch.ops.samplemind.amx_kinds()).split(","):
-            label += "+amx"
-        return label
+        return native_kernels.label(bf16=bf16)
     if any(isinstance(k, OneDNNLinear) for k in kernels):
         return "onednn"
     if is_quantized(module):

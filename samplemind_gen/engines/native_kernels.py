@@ -61,6 +61,23 @@ def isa() -> str:
     return str(torch.ops.samplemind.kernel_isa())
 
 
+def amx() -> frozenset[str]:
+    """The products that run on AMX tiles here: "bf16", "int8", both, or none (no AMX, no
+    permission from the OS, a lower path forced, `SAMPLEMIND_GEN_AMX=0`, or no kernels)."""
+    if not available():
+        return frozenset()
+    import torch
+
+    return frozenset(k for k in str(torch.ops.samplemind.amx_kinds()).split(",") if k)
+
+
+def label(*, bf16: bool = False) -> str:
+    """How a take's recipe names samplemind-gen's kernels here: "samplemind <isa>", plus "+amx"
+    when `bf16` products are involved and run on AMX tiles (int8 on tiles gives the vector
+    kernel's numbers, so it needs no mark)."""
+    return f"samplemind {isa()}" + ("+amx" if bf16 and "bf16" in amx() else "")
+
+
 def reason() -> str:
     """Why the kernels are not in use ("" when they are)."""
     available()
