@@ -221,6 +221,44 @@ at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M,
   return finish_outputs(x, xc, M, N, y, gelu);
 }
 
+// `for_each_output` for kernels that compute four outputs at a time: `block4(n, m0, mb, out)`
+// fills out[o * mb + i] for outputs n .. n + 3 and rows m0 .. m0 + mb (at most 4); outputs past
+// the last multiple of four go through `block` one at a time. Each output is still one thread's
+// from start to end.
+template <typename Block4, typename Block>
+at::Tensor for_each_output4(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
+                            const std::optional<at::Tensor>& bias, bool gelu, Block4 block4,
+                            Block block) {
+  float* y = scratch<float, 0>(M * N);
+  const at::Tensor bias_f = float_bias(bias);
+  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  const int64_t blocks = N / 4;
+  at::parallel_for(0, blocks + (N % 4 != 0), 4, [&](int64_t b0, int64_t b1) {
+    float part[16];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = 4 * b;
+      const int64_t count = b < blocks ? 4 : N % 4;
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mb = std::min<int64_t>(4, M - m0);
+        if (count == 4) {
+          block4(n, m0, mb, part);
+        } else {
+          for (int64_t o = 0; o < count; ++o) {
+            float one[4];
+            block(n + o, m0, mb, one);
+            for (int64_t i = 0; i < mb; ++i) part[o * mb + i] = one[i];
+          }
+        }
+        for (int64_t o = 0; o < count; ++o) {
+          const float add = bias_ptr ? bias_ptr[n + o] : 0.0f;
+          for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n + o] = part[o * mb + i] + add;
+        }
+      }
+    }
+  });
+  return finish_outputs(x, xc, M, N, y, gelu);
+}
+
 // The activation applied to a linear kernel's outputs: "none" or "gelu" (erf, as F.gelu).
 bool gelu_or_none(c10::string_view activation) {
   TORCH_CHECK(activation == "none" || activation == "gelu",
@@ -656,6 +694,33 @@ SMG_AVX512 inline void dot_rows_int8(const int8_t* w, const uint8_t* xu, int64_t
   }
 }
 
+// `dot_rows_int8` for four consecutive outputs (rows of w) at once: dots[o * MB + m]. Each
+// activation load serves four weight rows, one reduction per sum instead of four, and each row
+// prefetches its line of the next block of four (4 * Kp ahead: within 4 KB the next block for
+// K = 1024, where a fixed 4 KB ahead of a 4 KB row would fetch a row this block already reads).
+// Read cold on 2 cores, 2 rows: 4096 x 1024 29.5 -> 33.9 GB/s, 1024 x 4096 32.5 -> 37.6,
+// 1024 x 1024 35.1 -> 37.5 against one output at a time (standalone loop, interleaved runs).
+template <int MB>
+SMG_AVX512 inline void dot4_rows_int8(const int8_t* w, const uint8_t* xu, int64_t Kp,
+                                      int32_t* dots) {
+  __m512i acc[4][MB];
+  for (int o = 0; o < 4; ++o)
+    for (int m = 0; m < MB; ++m) acc[o][m] = _mm512_setzero_si512();
+  const int64_t ahead = 4 * Kp;
+  for (int64_t k = 0; k < Kp; k += 64) {
+    __m512i xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = _mm512_loadu_si512(xu + m * Kp + k);
+    for (int o = 0; o < 4; ++o) {
+      const int8_t* r = w + o * Kp + k;
+      _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
+      const __m512i wv = _mm512_loadu_si512(r);
+      for (int m = 0; m < MB; ++m) acc[o][m] = _mm512_dpbusd_epi32(acc[o][m], xv[m], wv);
+    }
+  }
+  for (int o = 0; o < 4; ++o)
+    for (int m = 0; m < MB; ++m) dots[o * MB + m] = _mm512_reduce_add_epi32(acc[o][m]);
+}
+
 // `dot_rows_int8` on 256-bit registers.
 template <int MB, bool kVnni>
 SMG_AVXVNNI inline void dot_rows_int8_256(const int8_t* w, const uint8_t* xu, int64_t Kp,
@@ -719,8 +784,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     });
   }
 #endif
-  return for_each_output(x, xc, M, N, bias, gelu_or_none(activation),
-                         [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+  auto one = [&](int64_t n, int64_t m0, int64_t mb, float* out) {
     const int8_t* wn = wp + n * Kp;
     const uint8_t* xr = xu.data() + m0 * Kp;
     int32_t dots[4];
@@ -728,7 +792,22 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     for (int64_t i = 0; i < mb; ++i) {
       out[i] = sx[m0 + i] * sw[n] * static_cast<float>(dots[i] - zero * ws[n]);
     }
-  });
+  };
+  if (isa == Isa::kAvx512) {  // four outputs at a time (the same integer sums)
+    return for_each_output4(x, xc, M, N, bias, gelu_or_none(activation),
+                            [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+      const uint8_t* xr = xu.data() + m0 * Kp;
+      int32_t dots[16];
+      with_rows(mb, [&]<int MB>() { dot4_rows_int8<MB>(wp + n * Kp, xr, Kp, dots); });
+      for (int64_t o = 0; o < 4; ++o) {
+        for (int64_t i = 0; i < mb; ++i) {
+          out[o * mb + i] =
+              sx[m0 + i] * sw[n + o] * static_cast<float>(dots[o * mb + i] - zero * ws[n + o]);
+        }
+      }
+    }, one);
+  }
+  return for_each_output(x, xc, M, N, bias, gelu_or_none(activation), one);
 }
 
 // ----------------------------------------------------------------------------- bf16 and fp16
