@@ -341,6 +341,43 @@ def test_every_instruction_set_path_computes_the_same_products(isa: str):
     assert out["lstm"] < 5e-4  # EnCodec's LSTM with fp16 recurrent weights
 
 
+INT8_OUTPUTS = """
+import sys, torch
+from torch import nn
+from samplemind_gen.engines import native_kernels
+from samplemind_gen.engines.musicgen_quant import Int8Linear
+assert native_kernels.available()
+torch.manual_seed(0)
+outputs = []
+for k, n in ((1024, 4096), (4096, 1024), (1024, 1000), (96, 10), (64, 3)):
+    kernel = Int8Linear(nn.Linear(k, n))
+    for rows in (1, 2, 3, 5):
+        x = torch.randn(rows, 1, k)
+        outputs += [kernel(x), kernel.with_gelu()(x.to(torch.bfloat16))]
+torch.save(outputs, sys.argv[1])
+print('{"isa": "%s"}' % native_kernels.isa())
+"""
+
+
+@needs_kernels
+def test_int8_products_are_the_same_on_avx512_and_avx_vnni(tmp_path: Path):
+    """Both VNNI paths quantize the activations alike (uint8 around 128) and sum the same
+    integers, four outputs at a time or one: their outputs are equal bit for bit, for 1-5 rows
+    and output counts that are not multiples of four."""
+    from samplemind_gen.testing.kernel_paths import has_path, run_on_path
+
+    if not (has_path("avx512") and has_path("avxvnni")):
+        pytest.skip("needs a CPU with both AVX512-VNNI and AVX-VNNI")
+    results = {}
+    for isa in ("avx512", "avxvnni"):
+        path = tmp_path / f"{isa}.pt"
+        run_on_path(INT8_OUTPUTS.replace("sys.argv[1]", repr(str(path))), isa)
+        results[isa] = torch.load(path)
+    assert len(results["avx512"]) == 40
+    for a, b in zip(results["avx512"], results["avxvnni"], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_front_ends_keep_openmp_threads_spinning_unless_the_user_chose():
     """The CLI (and the TUI it starts) sets libgomp's spin count before torch is imported, so the
     workers do not fall asleep between a decode step's ~170 parallel kernels; a user's own

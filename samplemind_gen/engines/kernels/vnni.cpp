@@ -741,6 +741,32 @@ SMG_AVXVNNI inline void dot_rows_int8_256(const int8_t* w, const uint8_t* xu, in
   for (int m = 0; m < MB; ++m) dots[m] = hsum8i(_mm256_add_epi32(acc[m][0], acc[m][1]));
 }
 
+// `dot4_rows_int8` on 256-bit registers, for one or two rows (at three or four, 16 registers
+// do not hold the sums).
+template <int MB, bool kVnni>
+SMG_AVXVNNI inline void dot4_rows_int8_256(const int8_t* w, const uint8_t* xu, int64_t Kp,
+                                           int32_t* dots) {
+  static_assert(MB <= 2, "four outputs x two rows fill the 16 registers");
+  __m256i acc[4][MB];
+  for (int o = 0; o < 4; ++o)
+    for (int m = 0; m < MB; ++m) acc[o][m] = _mm256_setzero_si256();
+  const int64_t ahead = 4 * Kp;
+  for (int64_t k = 0; k < Kp; k += 32) {
+    __m256i xv[MB];
+    for (int m = 0; m < MB; ++m) {
+      xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + m * Kp + k));
+    }
+    for (int o = 0; o < 4; ++o) {
+      const int8_t* r = w + o * Kp + k;
+      if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r));
+      for (int m = 0; m < MB; ++m) acc[o][m] = dot4<kVnni>(acc[o][m], xv[m], wv);
+    }
+  }
+  for (int o = 0; o < 4; ++o)
+    for (int m = 0; m < MB; ++m) dots[o * MB + m] = hsum8i(acc[o][m]);
+}
+
 inline void int8_rows(Isa isa, int64_t mb, const int8_t* wn, const uint8_t* xr, int64_t Kp,
                       int32_t* dots) {
   with_rows(mb, [&]<int MB>() {
@@ -793,12 +819,20 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
       out[i] = sx[m0 + i] * sw[n] * static_cast<float>(dots[i] - zero * ws[n]);
     }
   };
-  if (isa == Isa::kAvx512) {  // four outputs at a time (the same integer sums)
+  if (isa == Isa::kAvx512 || M <= 2) {  // four outputs at a time (the same integer sums)
     return for_each_output4(x, xc, M, N, bias, gelu_or_none(activation),
                             [&](int64_t n, int64_t m0, int64_t mb, float* out) {
       const uint8_t* xr = xu.data() + m0 * Kp;
       int32_t dots[16];
-      with_rows(mb, [&]<int MB>() { dot4_rows_int8<MB>(wp + n * Kp, xr, Kp, dots); });
+      if (isa == Isa::kAvx512) {
+        with_rows(mb, [&]<int MB>() { dot4_rows_int8<MB>(wp + n * Kp, xr, Kp, dots); });
+      } else if (isa == Isa::kAvxVnni) {
+        if (mb == 1) dot4_rows_int8_256<1, true>(wp + n * Kp, xr, Kp, dots);
+        else dot4_rows_int8_256<2, true>(wp + n * Kp, xr, Kp, dots);
+      } else {
+        if (mb == 1) dot4_rows_int8_256<1, false>(wp + n * Kp, xr, Kp, dots);
+        else dot4_rows_int8_256<2, false>(wp + n * Kp, xr, Kp, dots);
+      }
       for (int64_t o = 0; o < 4; ++o) {
         for (int64_t i = 0; i < mb; ++i) {
           out[o * mb + i] =
