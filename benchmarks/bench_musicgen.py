@@ -20,7 +20,8 @@ norm, add and GELU instead of samplemind-gen's step ops (one op per attention, i
 quantized modes, add + layer norm fused, GELU inside the fc1 kernel), and "bf16-lib" / "fp16-lib":
 bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel, and
 "bf16-noamx" / "int8-noamx": samplemind-gen's kernels with AMX tiles switched off
-(`SAMPLEMIND_GEN_AMX=0`; only CPUs with AMX differ). `--takes 4` makes each call a batch of 4 takes.
+(`SAMPLEMIND_GEN_AMX=0`; only CPUs with AMX differ), "bf16-perop" / "int8-perop": the step ops
+called one by one from Python instead of every decoder layer in one call (`decoder_layers`). `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -60,6 +61,9 @@ MODES = (
     # samplemind-gen's kernels without AMX tiles (Xeons since Sapphire Rapids)
     "bf16-noamx",
     "int8-noamx",
+    # the step ops called one by one from Python instead of all layers in one call
+    "bf16-perop",
+    "int8-perop",
     "bf16-hf",
     "fp32-hf",
     # CUDA (a GPU machine): transformers' generate in fp32 and fp16, ours in fp16 and bf16 with
@@ -169,6 +173,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             engine.decode_with = "transformers"
         if variant == "unfused":
             engine.cached_decoder.native_attention = False
+        if variant == "perop":
+            engine.cached_decoder.one_call = False
         run = engine_runner(engine)
     loaded = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": current_rss_mb()}
     loaded["peak_rss_load_mb"] = peak_rss_mb()

@@ -360,3 +360,59 @@ def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode
         assert rel_err(a, b) < tolerance
     for a, b in zip(logits(True, True), unfused, strict=True):
         assert rel_err(a, b) < 0.05  # int8 caches
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "int8", "int4"])
+def test_the_one_call_step_gives_the_per_op_steps_logits_exactly(tiny_musicgen: Path, mode: str):
+    """`decoder_layers` runs every layer of a step in one call: the same kernels in the same
+    order as the step ops called one by one from Python, so the same logits bit for bit, with
+    bf16 and int8 caches and the prompt mask."""
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+
+    options = {
+        "bf16": LoadOptions(dtype="bfloat16"),
+        "fp16": LoadOptions(dtype="float16"),
+        "int8": LoadOptions(quantize="int8"),
+        "int4": LoadOptions(quantize="int4"),
+    }[mode]
+    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
+    decoder = engine.cached_decoder
+    torch.manual_seed(0)
+    states = torch.randn(2, 7, decoder.hidden)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    ids = torch.randint(0, 64, (40, 2 * decoder.codebooks, 1))
+
+    def logits(one_call: bool, int8_cache: bool) -> list[torch.Tensor]:
+        decoder.one_call, decoder.int8_cache = one_call, int8_cache
+        decoder.begin(states, mask, 40)
+        assert (decoder._layers_call is not None) == one_call
+        out = [decoder.step(ids[p], p) for p in range(40)]
+        decoder.end()
+        return out
+
+    for int8_cache in (False, True):
+        one = logits(True, int8_cache)
+        per_op = logits(False, int8_cache)
+        for a, b in zip(one, per_op, strict=True):
+            assert torch.equal(a, b)
+
+
+@needs_kernels
+def test_the_one_call_step_is_left_for_kernels_it_does_not_run(tiny_musicgen: Path):
+    """bf16 on oneDNN's linear layers (no samplemind-gen kernel to call from C++): the step ops
+    run one by one."""
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine, musicgen_quant
+
+    musicgen_quant.library_half_kernels = True
+    try:
+        engine = load_engine(resolve_model(str(tiny_musicgen)), LoadOptions(dtype="bfloat16"))
+    finally:
+        musicgen_quant.library_half_kernels = False
+    decoder = engine.cached_decoder
+    decoder.begin(torch.randn(2, 3, decoder.hidden), torch.ones(2, 3, dtype=torch.long), 4)
+    assert decoder._native and decoder._layers_call is None
+    decoder.end()

@@ -67,6 +67,10 @@ class CachedDecoder:
         self._plan: list[tuple[Any, ...]] = []
         self._next_norms: list[tuple[Any, Any, float]] = []
         self._heads: list[Any] = []
+        # The step ops' decoder layers in one call (`decoder_layers`, kernels/step_ops.cpp)
+        # where every linear is one of samplemind-gen's kernels; False: one call per op.
+        self.one_call = True
+        self._layers_call: tuple[Any, ...] | None = None
 
     @property
     def dtype(self) -> Any:
@@ -140,6 +144,7 @@ class CachedDecoder:
         self._plan = self._build_plan()
         # Each layer ends with the add + norm that starts the next (the last: the final norm).
         self._next_norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
+        self._layers_call = self._one_call_args() if self._native and self.one_call else None
 
     def end(self) -> None:
         """Drop the per-take cache (it is the biggest per-take allocation)."""
@@ -147,6 +152,7 @@ class CachedDecoder:
         self._key_scales, self._value_scales = [], []
         self._cross_mask = self._static_mask = None
         self._plan, self._heads, self._next_norms = [], [], []
+        self._layers_call = None
 
     def embed(self, input_ids: Any, position: int | Any) -> Any:
         ids = input_ids.reshape(-1, self.codebooks, 1)
@@ -229,6 +235,10 @@ class CachedDecoder:
         scale = self.scaling
         cross_mask = self._cross_mask
         y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
+        if self._layers_call is not None:
+            params, kinds, caches, eps = self._layers_call
+            _, y = ops.decoder_layers(x, y, params, kinds, caches, cross_mask, position, scale, eps)
+            return self._head_logits(y)
         for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in zip(
             self._plan,
             self._keys,
@@ -273,6 +283,46 @@ class CachedDecoder:
                 )
             )
         return plan
+
+    def _one_call_args(self) -> tuple[Any, ...] | None:
+        """`decoder_layers`' arguments (params, kinds, caches, eps) for this take, or None when
+        a linear is not one of samplemind-gen's kernels (oneDNN's, fbgemm's or aten's) or the
+        feed-forward's activation is not the GELU the kernels apply."""
+        import torch
+
+        empty = torch.empty(0)
+        params: list[Any] = []
+        kinds: list[int] = []
+        caches: list[Any] = []
+        eps: list[float] = []
+        layers = zip(
+            self.layers,
+            self._plan,
+            self._keys,
+            self._values,
+            self._key_scales,
+            self._value_scales,
+            self._cross,
+            self._next_norms,
+            strict=True,
+        )
+        for layer, plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in layers:
+            if plan[13] is None:  # no GELU inside fc1's kernel
+                return None
+            sa, ca = layer.self_attn, layer.encoder_attn
+            for linear in (sa.qkv_proj, sa.out_proj, ca.q_proj, ca.out_proj, layer.fc1, layer.fc2):
+                spec = _kernel_spec(getattr(linear, "kernel", None))
+                if spec is None:
+                    return None
+                kind, tensors = spec
+                kinds.append(kind)
+                params += [empty if t is None else t for t in tensors]
+            for weight, bias, e in (plan[6], plan[9], next_norm):
+                params += [weight, bias]
+                eps.append(e)
+            scales = [empty if t is None else t for t in (key_scales, value_scales)]
+            caches += [keys, values, *scales, ck, cv]
+        return params, kinds, caches, eps
 
     def step_static(self, input_ids: Any, position: Any) -> Any:
         """`step` with shapes that do not depend on `position` (a 1-element long tensor):
@@ -341,6 +391,24 @@ class CachedDecoder:
         heads = self._heads or self.lm.lm_heads
         logits = torch.stack([head(x) for head in heads], dim=1)
         return logits.reshape(-1, logits.shape[-1])
+
+
+# Kernel kinds of `decoder_layers` (kernels/isa.h LinearKind).
+LINEAR_HALF, LINEAR_INT8, LINEAR_INT4 = 0, 1, 2
+
+
+def _kernel_spec(kernel: Any) -> tuple[int, list[Any]] | None:
+    """(kind, [4 tensors or None]) of one of samplemind-gen's linear kernels, as
+    `decoder_layers` takes it; None for any other kernel."""
+    from samplemind_gen.engines.musicgen_quant import HalfLinear, Int4Linear, Int8Linear
+
+    if isinstance(kernel, HalfLinear):
+        return LINEAR_HALF, [kernel.weight, None, None, kernel.bias]
+    if isinstance(kernel, Int8Linear):
+        return LINEAR_INT8, [kernel.weight, kernel.scales, kernel.wsum, kernel.bias]
+    if isinstance(kernel, Int4Linear) and kernel.native:
+        return LINEAR_INT4, [kernel.nibbles, kernel.scales, kernel.mins, kernel.bias]
+    return None
 
 
 def _norm_args(norm: Any) -> tuple[Any, Any, float]:

@@ -38,4 +38,8 @@ inline Isa kernel_isa_choice() {
 // erf-GELU in place over n floats (step_ops.cpp), for the linear kernels' outputs.
 void gelu_inplace(float* y, int64_t n);
 
+// The kinds of linear kernel `packed_linear` (vnni.cpp) runs, as the Python side numbers them
+// (musicgen_decoder.LINEAR_KINDS).
+enum LinearKind : int64_t { kLinearHalf = 0, kLinearInt8 = 1, kLinearInt4 = 2 };
+
 }  // namespace samplemind_kernels

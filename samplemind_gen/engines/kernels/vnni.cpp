@@ -1125,6 +1125,23 @@ int64_t set_amx_min_rows(int64_t rows) {
 
 }  // namespace
 
+namespace samplemind_kernels {
+// One of the linear kernels above by kind (the decode step's one-call loop in step_ops.cpp):
+// kHalf: t = weight, -, -, bias; kInt8: weight, scales, wsum, bias; kInt4: nibbles, scales,
+// mins, bias. An empty bias tensor is no bias.
+at::Tensor packed_linear(int64_t kind, const at::Tensor* t, const at::Tensor& x, bool gelu) {
+  const std::optional<at::Tensor> bias =
+      t[3].defined() && t[3].numel() > 0 ? std::optional<at::Tensor>(t[3]) : std::nullopt;
+  const c10::string_view act = gelu ? "gelu" : "none";
+  switch (kind) {
+    case kLinearHalf: return half_linear(x, t[0], bias, act);
+    case kLinearInt8: return int8_linear(x, t[0], t[1], t[2], bias, act);
+    case kLinearInt4: return int4_linear(x, t[0], t[1], t[2], bias, act);
+    default: TORCH_CHECK(false, "packed_linear: unknown kernel kind ", kind);
+  }
+}
+}  // namespace samplemind_kernels
+
 TORCH_LIBRARY(samplemind, m) {
   m.def(
       "int4_linear(Tensor x, Tensor nibbles, Tensor scales, Tensor mins, Tensor? bias, "
