@@ -159,9 +159,12 @@ class MusicGenEngine:
         _check_files(path)
         on_cpu = not device.startswith(("cuda", "mps"))
         if on_cpu:
-            from samplemind_gen.engines.musicgen_quant import limit_heap_retention
+            from samplemind_gen.engines.musicgen_quant import (
+                LOADING_MMAP_THRESHOLD,
+                limit_heap_retention,
+            )
 
-            limit_heap_retention()
+            limit_heap_retention(LOADING_MMAP_THRESHOLD)
         # CPU packed modes (musicgen_quant): int8 or fp16 (fbgemm, fp32 activations) or bf16
         # (oneDNN, bf16 activations) decoder weights, fp16 text-encoder weights. Loaded in a
         # 16-bit dtype (lossless for fp16/bf16 packing, one rounding for int8), then packed one
@@ -234,9 +237,11 @@ class MusicGenEngine:
             dtype=dtype,
         )
         engine.compile_step = bool(options.compile) and device.startswith("cuda")
-        from samplemind_gen.engines.musicgen_quant import release_freed_memory
+        from samplemind_gen.engines.musicgen_quant import limit_heap_retention, release_freed_memory
 
         release_freed_memory()  # what loading and the fp32 restore left on the heap
+        if on_cpu:
+            limit_heap_retention()  # generating: EnCodec's chunk buffers reused from the heap
         log.info("loaded %s in %.1fs", spec.name, time.perf_counter() - started)
         return engine
 
@@ -342,6 +347,10 @@ class MusicGenEngine:
         timings["audio_decoder"] = stream.decode_seconds
         timings["total"] = time.perf_counter() - t0
         timings["first_audio"] = stream.first_audio_at - t0 if stream.first_audio_at else 0.0
+        if self.device == "cpu":
+            from samplemind_gen.engines.musicgen_quant import trim_heap
+
+            trim_heap()  # the take's buffers, kept on the heap while it ran (limit_heap_retention)
         results = []
         for i, r in enumerate(requests):
             results.append(

@@ -176,8 +176,8 @@ at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
 }
 
 // A per-thread scratch buffer of at least `count` elements, kept between calls (slot: which one).
-// Batched takes need ~128 KB buffers a call, and with the app's 64 KB mmap threshold (glibc) a
-// fresh one was mapped and faulted in on every call.
+// Batched takes need ~128 KB buffers a call, and with a 64 KB mmap threshold (glibc; the app's
+// until 2026-12-06) a fresh one was mapped and faulted in on every call.
 template <typename T, int kSlot>
 T* scratch(int64_t count) {
   thread_local std::vector<T> buffer;
@@ -629,9 +629,9 @@ SMG_AMX void amx_blocks(const uint8_t* w, int64_t row, const uint32_t* b, int64_
 // rows in groups of 16: output n of row m is value(n, m, its tile word) + bias[n], then GELU when
 // asked, in x's shape and the activations' dtype. `value` runs on the thread that made the tile,
 // outside the AMX function, so its arithmetic compiles as the vector kernels' epilogues do.
-// The buffers (packed activations, tiles) are the calling thread's and kept between calls: the
-// app sets glibc's mmap threshold to 64 KB, and a fresh 256 KB buffer per call was mapped and
-// faulted in anew each time.
+// The buffers (packed activations, tiles) are the calling thread's and kept between calls: with
+// a 64 KB mmap threshold (the app's until 2026-12-06) a fresh 256 KB buffer per call was mapped
+// and faulted in anew each time.
 template <bool kInt8, typename Value>
 at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& xc, const uint8_t* xs, int64_t x_row,
                       int64_t M, const void* weight, int64_t w_row, int64_t N,
