@@ -322,27 +322,33 @@ def test_linear_kernels_apply_gelu_to_their_outputs(kind):
         )
 
 
-@needs_kernels
-@pytest.mark.parametrize("mode", ["bf16", "fp16", "int8", "int4"])
-def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode: str):
-    """CachedDecoder.step on the step ops against the same step on PyTorch's ops, position by
-    position over one take, with the same caches' dtype (bf16); then with int8 caches."""
+def _packed_decoder_and_inputs(checkpoint: Path, mode: str):  # type: ignore[no-untyped-def]
+    """A packed mode's CachedDecoder on the tiny model, and a take's inputs for it: prompt
+    states for 2 rows (the second's last 2 tokens masked) and 40 steps of ids."""
     from samplemind_gen.catalog import resolve_model
     from samplemind_gen.engines import LoadOptions, load_engine
 
     options = {
         "bf16": LoadOptions(dtype="bfloat16"),
-        "fp16": LoadOptions(dtype="float16"),  # fp16 weights packed for fbgemm, fp32 math
+        "fp16": LoadOptions(dtype="float16"),  # fp16 weights, fp32 math (half_linear)
         "int8": LoadOptions(quantize="int8"),
         "int4": LoadOptions(quantize="int4"),
     }[mode]
-    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
-    decoder = engine.cached_decoder
+    decoder = load_engine(resolve_model(str(checkpoint)), options).cached_decoder
     torch.manual_seed(0)
     states = torch.randn(2, 7, decoder.hidden)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
     ids = torch.randint(0, 64, (40, 2 * decoder.codebooks, 1))
+    return decoder, states, mask, ids
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "int8", "int4"])
+def test_the_fused_step_gives_the_unfused_steps_logits(tiny_musicgen: Path, mode: str):
+    """CachedDecoder.step on the step ops against the same step on PyTorch's ops, position by
+    position over one take, with the same caches' dtype (bf16); then with int8 caches."""
+    decoder, states, mask, ids = _packed_decoder_and_inputs(tiny_musicgen, mode)
 
     def logits(native: bool, int8_cache: bool) -> list[torch.Tensor]:
         decoder.native_attention, decoder.int8_cache = native, int8_cache
@@ -368,22 +374,7 @@ def test_the_one_call_step_gives_the_per_op_steps_logits_exactly(tiny_musicgen: 
     """`decoder_layers` runs every layer of a step in one call: the same kernels in the same
     order as the step ops called one by one from Python, so the same logits bit for bit, with
     bf16 and int8 caches and the prompt mask."""
-    from samplemind_gen.catalog import resolve_model
-    from samplemind_gen.engines import LoadOptions, load_engine
-
-    options = {
-        "bf16": LoadOptions(dtype="bfloat16"),
-        "fp16": LoadOptions(dtype="float16"),
-        "int8": LoadOptions(quantize="int8"),
-        "int4": LoadOptions(quantize="int4"),
-    }[mode]
-    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
-    decoder = engine.cached_decoder
-    torch.manual_seed(0)
-    states = torch.randn(2, 7, decoder.hidden)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    ids = torch.randint(0, 64, (40, 2 * decoder.codebooks, 1))
+    decoder, states, mask, ids = _packed_decoder_and_inputs(tiny_musicgen, mode)
 
     def logits(one_call: bool, int8_cache: bool) -> list[torch.Tensor]:
         decoder.one_call, decoder.int8_cache = one_call, int8_cache

@@ -312,7 +312,7 @@ async def test_a_model_that_is_not_downloaded_is_an_error_dialog_not_a_crash(iso
 async def test_the_event_loop_stays_responsive_during_a_real_generation(make_app):
     """Lag of a 20 ms timer from Enter until the take arrives (drawing the new take afterwards
     is ordinary UI work, not a stall caused by the generation)."""
-    app = make_app(duration=5.0)
+    app = make_app(duration=30.0)  # long enough for tens of ticks on the tiny model
     lags: list[float] = []
     messages = Recorder()
     async with app.run_test(size=SIZE, message_hook=messages) as pilot:

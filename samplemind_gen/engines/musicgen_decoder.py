@@ -239,16 +239,7 @@ class CachedDecoder:
             params, kinds, caches, eps = self._layers_call
             _, y = ops.decoder_layers(x, y, params, kinds, caches, cross_mask, position, scale, eps)
             return self._head_logits(y)
-        for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in zip(
-            self._plan,
-            self._keys,
-            self._values,
-            self._key_scales,
-            self._value_scales,
-            self._cross,
-            self._next_norms,
-            strict=True,
-        ):
+        for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in self._per_layer():
             (_, qkv, _, _, _, out1, ln2, cq, out2, ln3, fc1, act, fc2, fc1_gelu) = plan
             a = self_attention(qkv(y), keys, values, key_scales, value_scales, position, scale)
             x, y = add_norm(x, out1(a), *ln2)
@@ -284,6 +275,20 @@ class CachedDecoder:
             )
         return plan
 
+    def _per_layer(self) -> Any:
+        """Per layer of this take: (plan, keys, values, key scales, value scales, the prompt's
+        (keys, values), the norm after the layer)."""
+        return zip(
+            self._plan,
+            self._keys,
+            self._values,
+            self._key_scales,
+            self._value_scales,
+            self._cross,
+            self._next_norms,
+            strict=True,
+        )
+
     def _one_call_args(self) -> tuple[Any, ...] | None:
         """`decoder_layers`' arguments (params, kinds, caches, eps) for this take, or None when
         a linear is not one of samplemind-gen's kernels (oneDNN's, fbgemm's or aten's) or the
@@ -295,18 +300,8 @@ class CachedDecoder:
         kinds: list[int] = []
         caches: list[Any] = []
         eps: list[float] = []
-        layers = zip(
-            self.layers,
-            self._plan,
-            self._keys,
-            self._values,
-            self._key_scales,
-            self._value_scales,
-            self._cross,
-            self._next_norms,
-            strict=True,
-        )
-        for layer, plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in layers:
+        layers = zip(self.layers, self._per_layer(), strict=True)
+        for layer, (plan, keys, values, key_scales, value_scales, (ck, cv), next_norm) in layers:
             if plan[13] is None:  # no GELU inside fc1's kernel
                 return None
             sa, ca = layer.self_attn, layer.encoder_attn

@@ -1127,8 +1127,8 @@ int64_t set_amx_min_rows(int64_t rows) {
 
 namespace samplemind_kernels {
 // One of the linear kernels above by kind (the decode step's one-call loop in step_ops.cpp):
-// kHalf: t = weight, -, -, bias; kInt8: weight, scales, wsum, bias; kInt4: nibbles, scales,
-// mins, bias. An empty bias tensor is no bias.
+// kLinearHalf: t = weight, -, -, bias; kLinearInt8: weight, scales, wsum, bias; kLinearInt4:
+// nibbles, scales, mins, bias. An empty bias tensor is no bias.
 at::Tensor packed_linear(int64_t kind, const at::Tensor* t, const at::Tensor& x, bool gelu) {
   const std::optional<at::Tensor> bias =
       t[3].defined() && t[3].numel() > 0 ? std::optional<at::Tensor>(t[3]) : std::nullopt;
