@@ -426,15 +426,10 @@ def pack_linears(module: Any, mode: str) -> None:
 def release_freed_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
     and peak RSS is what users see)."""
-    import contextlib
-    import ctypes
     import gc
-    import sys
 
     gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 # glibc's mmap threshold while a model loads: every tensor above 64 KB in its own mapping, so

@@ -197,35 +197,12 @@ at::Tensor finish_outputs(const at::Tensor& x, const at::Tensor& xc, int64_t M, 
   return out;
 }
 
-// The driver the kernels share: `block(n, m0, mb, out)` computes rows m0 .. m0 + mb (at most
-// kRows: 4, or 8 for the 16-bit kernels) of output n; this runs it for every n in parallel (each
-// output by one thread, start to end), adds the bias (then GELU when `gelu`) and returns x's
-// shape with N outputs, in x's dtype.
-template <int kRows = 4, typename Block>
-at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
-                           const std::optional<at::Tensor>& bias, bool gelu, Block block) {
-  float* y = scratch<float, 0>(M * N);
-  const at::Tensor bias_f = float_bias(bias);
-  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    float part[kRows];
-    for (int64_t n = n0; n < n1; ++n) {
-      const float b = bias_ptr ? bias_ptr[n] : 0.0f;
-      for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-        const int64_t mb = std::min<int64_t>(kRows, M - m0);
-        block(n, m0, mb, part);
-        for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n] = part[i] + b;
-      }
-    }
-  });
-  return finish_outputs(x, xc, M, N, y, gelu);
-}
-
-// `for_each_output` for kernels that compute four outputs at a time: `block4(n, m0, mb, out)`
-// fills out[o * mb + i] for outputs n .. n + 3 and rows m0 .. m0 + mb (at most 4); outputs past
-// the last multiple of four go through `block` one at a time. Each output is still one thread's
-// from start to end.
-template <typename Block4, typename Block>
+// The driver the kernels share, four outputs at a time: `block4(n, m0, mb, out)` fills
+// out[o * mb + i] for outputs n .. n + 3 and rows m0 .. m0 + mb (at most kRows: 4, or 8 for the
+// 16-bit kernels); outputs past the last multiple of four go through `block(n, m0, mb, out)`, one
+// output (out[i]). This runs every block in parallel (each output by one thread, start to end),
+// adds the bias (then GELU when `gelu`) and returns x's shape with N outputs, in x's dtype.
+template <int kRows = 4, typename Block4, typename Block>
 at::Tensor for_each_output4(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
                             const std::optional<at::Tensor>& bias, bool gelu, Block4 block4,
                             Block block) {
@@ -234,17 +211,17 @@ at::Tensor for_each_output4(const at::Tensor& x, const at::Tensor& xc, int64_t M
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   const int64_t blocks = N / 4;
   at::parallel_for(0, blocks + (N % 4 != 0), 4, [&](int64_t b0, int64_t b1) {
-    float part[16];
+    float part[4 * kRows];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = 4 * b;
       const int64_t count = b < blocks ? 4 : N % 4;
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mb = std::min<int64_t>(4, M - m0);
+      for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+        const int64_t mb = std::min<int64_t>(kRows, M - m0);
         if (count == 4) {
           block4(n, m0, mb, part);
         } else {
           for (int64_t o = 0; o < count; ++o) {
-            float one[4];
+            float one[kRows];
             block(n + o, m0, mb, one);
             for (int64_t i = 0; i < mb; ++i) part[o * mb + i] = one[i];
           }
@@ -257,6 +234,20 @@ at::Tensor for_each_output4(const at::Tensor& x, const at::Tensor& xc, int64_t M
     }
   });
   return finish_outputs(x, xc, M, N, y, gelu);
+}
+
+// `for_each_output4` for kernels that compute one output at a time.
+template <int kRows = 4, typename Block>
+at::Tensor for_each_output(const at::Tensor& x, const at::Tensor& xc, int64_t M, int64_t N,
+                           const std::optional<at::Tensor>& bias, bool gelu, Block block) {
+  const auto four = [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+    for (int64_t o = 0; o < 4; ++o) {
+      float one[kRows];
+      block(n + o, m0, mb, one);
+      for (int64_t i = 0; i < mb; ++i) out[o * mb + i] = one[i];
+    }
+  };
+  return for_each_output4<kRows>(x, xc, M, N, bias, gelu, four, block);
 }
 
 // The activation applied to a linear kernel's outputs: "none" or "gelu" (erf, as F.gelu).
