@@ -69,7 +69,7 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
     from samplemind_gen.engines import native_kernels
 
     if native_kernels.available():  # samplemind-gen's own (kernels/vnni.cpp)
-        from samplemind_gen.engines.musicgen_quant import HalfLinear, Int8Linear
+        from samplemind_gen.engines.musicgen_quant import CompactLinear, HalfLinear, Int8Linear
 
         isa = native_kernels.isa()
         ours8 = [Int8Linear(lin) for lin in linears(weights)]
@@ -79,6 +79,9 @@ def build(weights: list[Any], rows: int) -> dict[str, tuple[list[Callable[[Any],
         for dtype, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
             half = [HalfLinear(lin, dtype) for lin in linears(weights)]
             variants[f"{label} samplemind {isa}"] = (half, torch.bfloat16)  # type: ignore[assignment]
+        if CompactLinear.available():  # bf16 weights in 12 bits
+            compact = [CompactLinear(lin) for lin in linears(bf16)]
+            variants[f"bf16 compact samplemind {isa}"] = (compact, torch.bfloat16)  # type: ignore[assignment]
         if torch.ops.samplemind.amx_kinds():  # the same kernels with AMX switched off
             for name in [n for n in variants if " samplemind " in n and n[:4] in ("bf16", "int8")]:
                 variants[f"{name} no AMX"] = variants[name]
@@ -107,12 +110,20 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument(
+        "--only", default="", help="comma-separated name parts: run just those kernels (and fp32)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     shapes = SIZES * args.layers
     weights = [torch.randn(o, i) * 0.02 for i, o in shapes]
     variants = build(weights, args.rows)
+    if args.only:
+        parts = args.only.split(",")
+        variants = {
+            k: v for k, v in variants.items() if k == "fp32 F.linear" or any(p in k for p in parts)
+        }
     inputs = {n: torch.randn(args.rows, n) for n in (1024, 4096)}
 
     def run(name: str, fns: list[Callable[[Any], Any]], dtype: Any) -> float:

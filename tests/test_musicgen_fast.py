@@ -149,11 +149,21 @@ def ours_built() -> bool:
     return native_kernels.available()
 
 
+def compact_bf16() -> bool:
+    from samplemind_gen.engines.musicgen_quant import CompactLinear
+
+    return ours_built() and CompactLinear.available()
+
+
 @pytest.mark.parametrize(
     "kernel",
     [
         pytest.param(
             "samplemind", marks=pytest.mark.skipif(not ours_built(), reason="no CPU kernels")
+        ),
+        pytest.param(
+            "compact",
+            marks=pytest.mark.skipif(not compact_bf16(), reason="needs AVX512-BF16 kernels"),
         ),
         pytest.param(
             "onednn",
@@ -169,23 +179,28 @@ def test_bf16_packed_mode_is_close_to_fp32(
     from samplemind_gen.engines import musicgen_quant
     from samplemind_gen.engines.musicgen_decoder import direct
     from samplemind_gen.engines.musicgen_quant import (
+        CompactLinear,
         HalfLinear,
         OneDNNLinear,
+        is_compact,
         is_fused,
         is_half_packed,
         is_onednn_packed,
     )
 
     monkeypatch.setattr(musicgen_quant, "library_half_kernels", kernel == "onednn")
+    if kernel == "samplemind":  # bf16 weights as they are (`half_linear`), not compact
+        monkeypatch.setenv("SAMPLEMIND_GEN_COMPACT_BF16", "0")
     engine = load(tiny_musicgen, device="cpu", dtype="bfloat16")
     decoder = engine.model.decoder
-    packed = is_onednn_packed if kernel == "onednn" else is_half_packed
-    assert engine.dtype == "bfloat16" and is_fused(decoder) and packed(decoder)
+    packed = {"onednn": is_onednn_packed, "samplemind": is_half_packed, "compact": is_compact}
+    assert engine.dtype == "bfloat16" and is_fused(decoder) and packed[kernel](decoder)
     assert not any(
         type(m) is torch.nn.Linear for m in decoder.model.decoder.layers[0].self_attn.modules()
     )
     head = direct(decoder.lm_heads[0])
-    assert isinstance(head, OneDNNLinear if kernel == "onednn" else HalfLinear)
+    kinds = {"onednn": OneDNNLinear, "samplemind": HalfLinear, "compact": CompactLinear}
+    assert isinstance(head, kinds[kernel])
     # Cross-attention keys/values stay plain (computed once per take in `begin`).
     assert type(decoder.model.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear
     half, full = stepped_logits((engine, musicgen_engine), 4)

@@ -389,14 +389,21 @@ class CachedDecoder:
 
 
 # Kernel kinds of `decoder_layers` (kernels/isa.h LinearKind).
-LINEAR_HALF, LINEAR_INT8, LINEAR_INT4 = 0, 1, 2
+LINEAR_HALF, LINEAR_INT8, LINEAR_INT4, LINEAR_COMPACT = 0, 1, 2, 3
 
 
 def _kernel_spec(kernel: Any) -> tuple[int, list[Any]] | None:
     """(kind, [4 tensors or None]) of one of samplemind-gen's linear kernels, as
     `decoder_layers` takes it; None for any other kernel."""
-    from samplemind_gen.engines.musicgen_quant import HalfLinear, Int4Linear, Int8Linear
+    from samplemind_gen.engines.musicgen_quant import (
+        CompactLinear,
+        HalfLinear,
+        Int4Linear,
+        Int8Linear,
+    )
 
+    if isinstance(kernel, CompactLinear):
+        return LINEAR_COMPACT, [kernel.data, kernel.table, kernel.exceptions, kernel.bias]
     if isinstance(kernel, HalfLinear):
         return LINEAR_HALF, [kernel.weight, None, None, kernel.bias]
     if isinstance(kernel, Int8Linear):

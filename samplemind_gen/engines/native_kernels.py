@@ -71,11 +71,17 @@ def amx() -> frozenset[str]:
     return frozenset(k for k in str(torch.ops.samplemind.amx_kinds()).split(",") if k)
 
 
-def label(*, bf16: bool = False) -> str:
+def label(*, bf16: bool = False, compact: bool = False) -> str:
     """How a take's recipe names samplemind-gen's kernels here: "samplemind <isa>", plus "+amx"
     when `bf16` products are involved and run on AMX tiles (int8 on tiles gives the vector
-    kernel's numbers, so it needs no mark)."""
-    return f"samplemind {isa()}" + ("+amx" if bf16 and "bf16" in amx() else "")
+    kernel's numbers, so it needs no mark), plus "+compact" for bf16 weights stored in 12 bits
+    (the same weights; the rare ones outside a row's table are summed apart, which rounds
+    differently)."""
+    return (
+        f"samplemind {isa()}"
+        + ("+amx" if bf16 and "bf16" in amx() else "")
+        + ("+compact" if compact else "")
+    )
 
 
 def reason() -> str:

@@ -40,6 +40,11 @@ void gelu_inplace(float* y, int64_t n);
 
 // The kinds of linear kernel `packed_linear` (vnni.cpp) runs, as the Python side numbers them
 // (musicgen_decoder.LINEAR_KINDS).
-enum LinearKind : int64_t { kLinearHalf = 0, kLinearInt8 = 1, kLinearInt4 = 2 };
+enum LinearKind : int64_t {
+  kLinearHalf = 0,
+  kLinearInt8 = 1,
+  kLinearInt4 = 2,
+  kLinearCompact = 3
+};
 
 }  // namespace samplemind_kernels
