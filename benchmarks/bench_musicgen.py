@@ -21,7 +21,9 @@ quantized modes, add + layer norm fused, GELU inside the fc1 kernel), and "bf16-
 bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel, and
 "bf16-noamx" / "int8-noamx": samplemind-gen's kernels with AMX tiles switched off
 (`SAMPLEMIND_GEN_AMX=0`; only CPUs with AMX differ), "bf16-perop" / "int8-perop": the step ops
-called one by one from Python instead of every decoder layer in one call (`decoder_layers`). `--takes 4` makes each call a batch of 4 takes.
+called one by one from Python instead of every decoder layer in one call (`decoder_layers`),
+"bf16-nocompact": bf16 weights in their 16 bits (`half_linear`) instead of 12 (`compact_linear`,
+lossless; CPUs with AVX512-BF16). `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -61,6 +63,8 @@ MODES = (
     # samplemind-gen's kernels without AMX tiles (Xeons since Sapphire Rapids)
     "bf16-noamx",
     "int8-noamx",
+    # bf16 weights in their 16 bits instead of compact (12 bits, lossless)
+    "bf16-nocompact",
     # the step ops called one by one from Python instead of all layers in one call
     "bf16-perop",
     "int8-perop",
@@ -164,6 +168,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             os.environ["SAMPLEMIND_GEN_NATIVE_KERNELS"] = "0"
         if variant == "noamx":  # samplemind-gen's kernels without AMX tiles
             os.environ["SAMPLEMIND_GEN_AMX"] = "0"
+        if variant == "nocompact":  # bf16 weights in 16 bits (half_linear)
+            os.environ["SAMPLEMIND_GEN_COMPACT_BF16"] = "0"
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
             from samplemind_gen.engines import musicgen_quant
 

@@ -13,6 +13,7 @@ from samplemind_gen.catalog import resolve_model
 from samplemind_gen.engines import LoadOptions, load_engine
 from samplemind_gen.errors import BadInputError
 from samplemind_gen.request import GenerationRequest, Progress
+from samplemind_gen.testing.musicgen_steps import stepped_logits
 
 PROMPT = "lofi hip hop drums"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,21 +21,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 def load(folder: Path, **options):  # type: ignore[no-untyped-def]
     return load_engine(resolve_model(str(folder)), LoadOptions(**options))
-
-
-def stepped_logits(engines, steps: int) -> list[list[torch.Tensor]]:  # type: ignore[no-untyped-def]
-    """The fp32 logits of each engine's first `steps` decode steps on the same random frames."""
-    out = []
-    for eng in engines:
-        inputs = eng.processor(text=[PROMPT], return_tensors="pt")
-        states, mask = eng._encode(inputs["input_ids"], inputs["attention_mask"], 3.0)
-        eng.cached_decoder.begin(states, mask, steps)
-        ids = torch.randint(
-            0, 64, (2 * eng.num_codebooks, 1), generator=torch.Generator().manual_seed(0)
-        )
-        out.append([eng.cached_decoder.step(ids, t).float() for t in range(steps)])
-        eng.cached_decoder.end()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -655,7 +641,10 @@ def test_the_recipe_names_the_kernels_that_made_the_take(tiny_musicgen: Path):
         isa = native_kernels.isa()
         amx = "bf16" in torch.ops.samplemind.amx_kinds().split(",")
         if cpu_supports_bf16() or labels["bf16"].startswith("samplemind"):
-            assert labels["bf16"] == f"samplemind {isa}" + ("+amx" if amx else "")
+            from samplemind_gen.engines.musicgen_quant import CompactLinear
+
+            compact = "+compact" if CompactLinear.available() else ""  # 12-bit bf16 weights
+            assert labels["bf16"] == f"samplemind {isa}" + ("+amx" if amx else "") + compact
         assert labels["int8"] == f"samplemind {isa}"  # int8 on tiles: the same numbers
     else:
         assert labels["int8"] == "fbgemm"

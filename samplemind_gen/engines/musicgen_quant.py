@@ -332,7 +332,11 @@ class CompactLinear:
     def with_gelu(self) -> Any:
         """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
         op, data, table, exceptions, bias = (
-            self._op, self.data, self.table, self.exceptions, self.bias
+            self._op,
+            self.data,
+            self.table,
+            self.exceptions,
+            self.bias,
         )
         return lambda x: op(x, data, table, exceptions, bias, "gelu")
 
