@@ -1066,21 +1066,29 @@ inline int64_t compact_block_input(int64_t j) {
   return t < 8 ? 8 * lane + t : 32 + 8 * lane + t - 8;
 }
 
-// Row `n`'s table of high bytes: 0x00, then the 15 most frequent others (ties: lower byte first);
-// `code` maps a high byte to its code, -1 where it has none.
-void compact_row_table(const uint16_t* row, int64_t K, uint8_t* table, int16_t* code) {
-  int64_t count[256] = {};
+// A row's table of high bytes: 0x00, then the 15 most frequent others (ties: lower byte first);
+// `code` maps a high byte to its code, -1 where it has none. Returns how many of the row's
+// weights have no code (its exceptions).
+int32_t compact_row_table(const uint16_t* row, int64_t K, uint8_t* table, int16_t* code) {
+  int32_t count[256] = {};
   for (int64_t k = 0; k < K; ++k) ++count[row[k] >> 8];
-  uint8_t order[255];
-  for (int h = 1; h < 256; ++h) order[h - 1] = static_cast<uint8_t>(h);
-  std::stable_sort(order, order + 255, [&](uint8_t a, uint8_t b) { return count[a] > count[b]; });
+  std::pair<int32_t, int> seen[255];  // (-count, high byte) of the bytes that occur
+  int distinct = 0;
+  for (int h = 1; h < 256; ++h) {
+    if (count[h] > 0) seen[distinct++] = {-count[h], h};
+  }
+  const int kept = std::min(distinct, 15);
+  std::partial_sort(seen, seen + kept, seen + distinct);
   std::fill(code, code + 256, static_cast<int16_t>(-1));
   std::fill(table, table + 16, static_cast<uint8_t>(0));
   code[0] = 0;
-  for (int c = 1; c < 16 && count[order[c - 1]] > 0; ++c) {
-    table[c] = order[c - 1];
-    code[order[c - 1]] = static_cast<int16_t>(c);
+  int32_t missing = static_cast<int32_t>(K) - count[0];
+  for (int c = 1; c <= kept; ++c) {
+    table[c] = static_cast<uint8_t>(seen[c - 1].second);
+    code[seen[c - 1].second] = static_cast<int16_t>(c);
+    missing += seen[c - 1].first;
   }
+  return missing;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tensor& weight) {
@@ -1098,18 +1106,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tenso
   std::vector<int32_t> offsets(N + 1, 0);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {  // tables, exceptions per row
     int16_t code[256];
-    for (int64_t n = n0; n < n1; ++n) {
-      compact_row_table(wp + n * K, K, tp + n * 16, code);
-      int32_t missing = 0;
-      for (int64_t k = 0; k < K; ++k) missing += code[wp[n * K + k] >> 8] < 0;
-      offsets[n + 1] = missing;
-    }
+    for (int64_t n = n0; n < n1; ++n) offsets[n + 1] = compact_row_table(wp + n * K, K, tp + n * 16, code);
   });
   for (int64_t n = 0; n < N; ++n) offsets[n + 1] += offsets[n];
   at::Tensor exceptions = at::empty({N + 1 + 2 * static_cast<int64_t>(offsets[N])}, at::kInt);
   int32_t* ep = exceptions.data_ptr<int32_t>();
   std::copy(offsets.begin(), offsets.end(), ep);
   int32_t* pairs = ep + N + 1;
+  int64_t input_of[64];
+  for (int64_t j = 0; j < 64; ++j) input_of[j] = compact_block_input(j);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     int16_t code[256];
     for (int64_t n = n0; n < n1; ++n) {
@@ -1119,26 +1124,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tenso
       }
       const uint16_t* row = wp + n * K;
       int32_t e = offsets[n];
+      uint16_t padded[kCompactGroup];
       for (int64_t k0 = 0; k0 < Kp; k0 += kCompactGroup) {
         uint8_t* group = dp + n * rowb + k0 / kCompactGroup * 192;
-        std::fill(group + 128, group + 192, static_cast<uint8_t>(0));
+        const uint16_t* in = row + k0;
+        if (k0 + kCompactGroup > K) {  // the last group of a row that K does not fill
+          std::fill(padded, padded + kCompactGroup, static_cast<uint16_t>(0));
+          std::copy(row + k0, row + K, padded);
+          in = padded;
+        }
+        uint8_t codes[2][64];
         for (int64_t half = 0; half < 2; ++half) {
           for (int64_t j = 0; j < 64; ++j) {
-            const int64_t k = k0 + 64 * half + compact_block_input(j);
-            const uint16_t bits = k < K ? row[k] : 0;
+            const int64_t i = 64 * half + input_of[j];
+            const uint16_t bits = in[i];
             int16_t c = code[bits >> 8];
             uint8_t low = static_cast<uint8_t>(bits & 0xFF);
-            if (c < 0) {  // in order of k within the group; the kernel adds them in this order
-              pairs[2 * e] = static_cast<int32_t>(k);
+            if (c < 0) {  // the exceptions go in the order the kernels add them: this order
+              pairs[2 * e] = static_cast<int32_t>(k0 + i);
               pairs[2 * e + 1] = bits;
               ++e;
               c = 0;
               low = 0;
             }
             group[64 * half + j] = low;
-            group[128 + j] |= static_cast<uint8_t>(c << (4 * half));
+            codes[half][j] = static_cast<uint8_t>(c);
           }
         }
+        for (int64_t j = 0; j < 64; ++j) group[128 + j] = codes[0][j] | codes[1][j] << 4;
       }
     }
   });
