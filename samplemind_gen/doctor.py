@@ -107,8 +107,11 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
         return {"default": {"dtype": "float16", "kernels": "pytorch", "note": f"on {device}"}}
     if kernels.get("built"):
         from samplemind_gen.engines import native_kernels
+        from samplemind_gen.engines.musicgen_quant import CompactLinear
 
-        ours, tiles = native_kernels.label(), native_kernels.label(bf16=True)
+        ours = native_kernels.label()
+        # bf16 linears: on tiles where the CPU has them, 12-bit weights with AVX512-BF16
+        tiles = native_kernels.label(bf16=True, compact=CompactLinear.available())
         return {
             "default": {
                 "dtype": default,
