@@ -329,6 +329,12 @@ def main() -> int:
         "compile happens there)",
     )
     ap.add_argument("--modes", default="baseline,bf16,int8,int4")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds of rest before each take (the previous worker's threads stop spinning)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write all rounds here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -364,7 +370,12 @@ def main() -> int:
         results: dict[str, list[dict]] = {m: [] for m in modes}
 
         def ask(mode: str, duration: float, takes: int = 1) -> dict | None:
-            """One take from `mode`'s worker; None (and the mode dropped) if the worker died."""
+            """One take from `mode`'s worker; None (and the mode dropped) if the worker died.
+            Waits first for the previous worker's OpenMP threads to stop spinning (our modes
+            keep them spinning up to ~0.3 s after their last kernel, `keep_cpu_threads_warm`):
+            until 2026-12-06 the mode after one of ours started its take on contended cores
+            (its text encoder 0.11-0.40 s instead of 0.05-0.16, its first sound +0.3 s)."""
+            time.sleep(args.settle)
             p = workers[mode]
             assert p.stdin is not None and p.stdout is not None
             try:
