@@ -1037,9 +1037,10 @@ at::Tensor half_linear(const at::Tensor& x, const at::Tensor& weight,
 
 // ------------------------------------------------------------------------------ compact bf16
 // bf16 weights stored losslessly in 12 bits instead of 16. A bf16 number's high byte (sign and
-// the exponent's top 7 bits) takes few values in a weight row (one sign x a few binades), so each
-// row keeps a table of its 16 most useful high bytes and each weight a 4-bit code into it; the
-// low byte (the exponent's lowest bit and the 7 mantissa bits) is stored as it is. A decode step
+// the exponent's top 7 bits) takes few values in a weight row (two signs x a few binades), so
+// each row keeps a table of 16 high bytes (0x00 and its 15 most frequent) and each weight a
+// 4-bit code into it; the low byte (the exponent's lowest bit and the 7 mantissa bits) is
+// stored as it is. A decode step
 // reads every weight once and is bound by the memory's speed, so reading a quarter fewer bytes
 // makes it faster while the numbers stay the bf16 model's bit for bit (the products and sums
 // are the bf16 kernels' arithmetic: bf16 x bf16 products summed in fp32).
