@@ -331,13 +331,8 @@ class CompactLinear:
 
     def with_gelu(self) -> Any:
         """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
-        op, data, table, exceptions, bias = (
-            self._op,
-            self.data,
-            self.table,
-            self.exceptions,
-            self.bias,
-        )
+        op, bias = self._op, self.bias
+        data, table, exceptions = self.data, self.table, self.exceptions
         return lambda x: op(x, data, table, exceptions, bias, "gelu")
 
     def unpacked(self) -> Any:
@@ -354,9 +349,10 @@ class CompactLinear:
 
 def pack_bf16_decoder(model: Any, mode: str = "bfloat16") -> None:
     """The decoder in bf16 with fused q/k/v and packed linear layers: bf16 (`CompactLinear`
-    with AVX512-BF16, else `HalfLinear`, or `OneDNNLinear` without our kernels; mode "bfloat16") or 4-bit (`Int4Linear`, mode "int4"; the
-    LM heads stay bf16, and so does any layer whose shape the int4 kernel cannot take).
-    Activations are bf16; embeddings and layer norms are untouched."""
+    with AVX512-BF16, else `HalfLinear`, or `OneDNNLinear` without our kernels; mode
+    "bfloat16") or 4-bit (`Int4Linear`, mode "int4"; the LM heads stay bf16, and so does any
+    layer whose shape the int4 kernel cannot take). Activations are bf16; embeddings and layer
+    norms are untouched."""
 
     from samplemind_gen.engines import native_kernels
 
