@@ -64,10 +64,25 @@ def test_packing_is_lossless_and_a_quarter_smaller(shape):
     assert exception_count(normal[2], n) <= max(1, n * k // 10_000)
 
 
+class _AmxRows:
+    """Within the block, AMX tiles from `rows` activation rows up (1 << 30: never, so the
+    `vdpbf16ps` kernel runs, as on CPUs without AMX)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __enter__(self) -> None:
+        self.before = torch.ops.samplemind.set_amx_min_rows(self.rows)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.ops.samplemind.set_amx_min_rows(self.before)
+
+
 @needs_compact
+@pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 9, 17])
 @pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (200, 37), (96, 16)])
-def test_compact_kernel_is_the_bf16_product(rows, shape):
+def test_compact_kernel_is_the_bf16_product(rows, shape, tiles):
     from samplemind_gen.engines.musicgen_quant import CompactLinear, HalfLinear
 
     k, n = shape
@@ -79,7 +94,8 @@ def test_compact_kernel_is_the_bf16_product(rows, shape):
     x = torch.randn(rows, 1, k)
     for dtype in (torch.bfloat16, torch.float32):  # fp32 activations are rounded to bf16
         xd = x.to(dtype)
-        y, gelu = compact(xd), compact.with_gelu()(xd)
+        with _AmxRows(-1 if tiles else 1 << 30):
+            y, gelu = compact(xd), compact.with_gelu()(xd)
         assert y.shape == (rows, 1, n) and y.dtype == dtype
         xb = x.to(torch.bfloat16).double()
         wb = linear.weight.detach().to(torch.bfloat16).double()
