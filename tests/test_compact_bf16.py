@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from samplemind_gen.engines import native_kernels
+from samplemind_gen.testing.kernel_paths import AmxRows
 
 
 def _compact() -> bool:
@@ -64,20 +65,6 @@ def test_packing_is_lossless_and_a_quarter_smaller(shape):
     assert exception_count(normal[2], n) <= max(1, n * k // 10_000)
 
 
-class _AmxRows:
-    """Within the block, AMX tiles from `rows` activation rows up (1 << 30: never, so the
-    `vdpbf16ps` kernel runs, as on CPUs without AMX)."""
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-
-    def __enter__(self) -> None:
-        self.before = torch.ops.samplemind.set_amx_min_rows(self.rows)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.ops.samplemind.set_amx_min_rows(self.before)
-
-
 @needs_compact
 @pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 9, 17])
@@ -94,7 +81,7 @@ def test_compact_kernel_is_the_bf16_product(rows, shape, tiles):
     x = torch.randn(rows, 1, k)
     for dtype in (torch.bfloat16, torch.float32):  # fp32 activations are rounded to bf16
         xd = x.to(dtype)
-        with _AmxRows(-1 if tiles else 1 << 30):
+        with AmxRows(-1 if tiles else 1 << 30):
             y, gelu = compact(xd), compact.with_gelu()(xd)
         assert y.shape == (rows, 1, n) and y.dtype == dtype
         xb = x.to(torch.bfloat16).double()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from samplemind_gen.engines import native_kernels
+from samplemind_gen.testing.kernel_paths import AmxRows
 
 needs_kernels = pytest.mark.skipif(
     not native_kernels.available(), reason=f"no native kernels here: {native_kernels.reason()}"
@@ -137,19 +138,6 @@ def _amx(kind: str) -> bool:
     return native_kernels.available() and kind in torch.ops.samplemind.amx_kinds().split(",")
 
 
-class _AmxRows:
-    """Within the block, AMX from `rows` activation rows up (1 << 30: never)."""
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-
-    def __enter__(self) -> None:
-        self.before = torch.ops.samplemind.set_amx_min_rows(self.rows)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.ops.samplemind.set_amx_min_rows(self.before)
-
-
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 9, 16, 17])
 @pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (80, 48), (100, 32)])
@@ -165,9 +153,9 @@ def test_amx_int8_products_are_the_vector_kernels_bit_for_bit(rows, shape):
     kernel = Int8Linear(nn.Linear(k, n))
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(rows, 1, k).to(dtype)
-        with _AmxRows(1):
+        with AmxRows(1):
             tiles = kernel(x), kernel.with_gelu()(x)
-        with _AmxRows(1 << 30):
+        with AmxRows(1 << 30):
             vector = kernel(x), kernel.with_gelu()(x)
         assert torch.equal(tiles[0], vector[0]) and torch.equal(tiles[1], vector[1])
 
@@ -191,11 +179,11 @@ def test_amx_bf16_products_match_and_do_not_depend_on_the_batch(rows, shape):
     expected = nn.functional.linear(
         x.float(), linear.weight.detach().to(torch.bfloat16).float(), linear.bias.detach()
     )
-    with _AmxRows(1):
+    with AmxRows(1):
         tiles = kernel(x)
         alone = torch.cat([kernel(x[i : i + 1]) for i in range(rows)])
         gelu = kernel.with_gelu()(x)
-    with _AmxRows(1 << 30):
+    with AmxRows(1 << 30):
         vector = kernel(x)
     assert tiles.dtype == torch.bfloat16 and tiles.shape == (rows, 1, n)
     assert rel_err(tiles, expected) < 4e-3 and rel_err(tiles, vector) < 4e-3

@@ -33,3 +33,22 @@ def run_on_path(code: str, isa: str) -> dict[str, Any]:
         raise AssertionError(done.stderr[-2000:])
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+class AmxRows:
+    """Within the block, samplemind-gen's kernels use AMX tiles from `rows` activation rows up
+    (1 << 30: never, so the vector kernels run, as on CPUs without AMX; -1: each kind's own
+    threshold). Tests and benchmarks compare the two paths in one process this way."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.ops.samplemind.set_amx_min_rows(self.rows)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.ops.samplemind.set_amx_min_rows(self.before)
