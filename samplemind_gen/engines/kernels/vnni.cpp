@@ -595,17 +595,23 @@ void pack_words(const uint8_t* x, int64_t row, int64_t padded, int64_t m0, int64
   }
 }
 
+// Tiles 0 (C: 16 outputs x mg rows), 1 (B: the activations) and 2 (A: 16 weight rows of 64
+// bytes) for mg activation rows.
+SMG_AMX inline void load_tiles_config(int64_t mg) {
+  TileConfig cfg;
+  cfg.rows[0] = cfg.rows[1] = cfg.rows[2] = 16;
+  cfg.colsb[0] = cfg.colsb[1] = static_cast<uint16_t>(mg * 4);
+  cfg.colsb[2] = 64;
+  _tile_loadconfig(&cfg);
+}
+
 // C tiles for output blocks nb0 .. nb1 (16 outputs each) and mg activation rows: A is the weights
 // (`row` bytes a row, `row` a multiple of 64), B the packed activations. Block nb's 16 x mg
 // results (fp32 for bf16, int32 for int8), row-major by output, go to c + 16 * mg * nb.
 template <bool kInt8>
 SMG_AMX void amx_blocks(const uint8_t* w, int64_t row, const uint32_t* b, int64_t mg, int64_t nb0,
                         int64_t nb1, uint32_t* c) {
-  TileConfig cfg;
-  cfg.rows[0] = cfg.rows[1] = cfg.rows[2] = 16;
-  cfg.colsb[0] = cfg.colsb[1] = static_cast<uint16_t>(mg * 4);  // C: 16 outputs x mg; B
-  cfg.colsb[2] = 64;                                              // A: 16 outputs x 64 bytes
-  _tile_loadconfig(&cfg);
+  load_tiles_config(mg);
   const int64_t bstride = mg * 4;
   // One block of 16 outputs at a time: two blocks sharing each activation load measured the
   // same (the weight stream bounds it), and so did software prefetch.
@@ -1067,10 +1073,9 @@ inline int64_t compact_block_input(int64_t j) {
   return t < 8 ? 8 * lane + t : 32 + 8 * lane + t - 8;
 }
 
-// A row's table of high bytes: 0x00, then the 15 most frequent others (ties: lower byte first);
-// `code` maps a high byte to its code, -1 where it has none. Returns how many of the row's
-// weights have no code (its exceptions).
-int32_t compact_row_table(const uint16_t* row, int64_t K, uint8_t* table, int16_t* code) {
+// A row's table of high bytes: 0x00, then the 15 most frequent others (ties: lower byte first).
+// Returns how many of the row's weights have no code (its exceptions).
+int32_t compact_row_table(const uint16_t* row, int64_t K, uint8_t* table) {
   int32_t count[256] = {};
   for (int64_t k = 0; k < K; ++k) ++count[row[k] >> 8];
   std::pair<int32_t, int> seen[255];  // (-count, high byte) of the bytes that occur
@@ -1080,13 +1085,10 @@ int32_t compact_row_table(const uint16_t* row, int64_t K, uint8_t* table, int16_
   }
   const int kept = std::min(distinct, 15);
   std::partial_sort(seen, seen + kept, seen + distinct);
-  std::fill(code, code + 256, static_cast<int16_t>(-1));
   std::fill(table, table + 16, static_cast<uint8_t>(0));
-  code[0] = 0;
   int32_t missing = static_cast<int32_t>(K) - count[0];
   for (int c = 1; c <= kept; ++c) {
     table[c] = static_cast<uint8_t>(seen[c - 1].second);
-    code[seen[c - 1].second] = static_cast<int16_t>(c);
     missing += seen[c - 1].first;
   }
   return missing;
@@ -1106,8 +1108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tenso
   uint8_t* tp = table.data_ptr<uint8_t>();
   std::vector<int32_t> offsets(N + 1, 0);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {  // tables, exceptions per row
-    int16_t code[256];
-    for (int64_t n = n0; n < n1; ++n) offsets[n + 1] = compact_row_table(wp + n * K, K, tp + n * 16, code);
+    for (int64_t n = n0; n < n1; ++n) offsets[n + 1] = compact_row_table(wp + n * K, K, tp + n * 16);
   });
   for (int64_t n = 0; n < N; ++n) offsets[n + 1] += offsets[n];
   at::Tensor exceptions = at::empty({N + 1 + 2 * static_cast<int64_t>(offsets[N])}, at::kInt);
@@ -1264,11 +1265,7 @@ SMG_AVX512BF16 inline void dot_rows_compact(const uint8_t* w, int64_t rowb, cons
 SMG_AMX void amx_compact_blocks(const uint8_t* w, int64_t rowb, const uint8_t* tables, int64_t Kp,
                                 const uint32_t* b, int64_t mg, int64_t nb0, int64_t nb1,
                                 uint32_t* c) {
-  TileConfig cfg;
-  cfg.rows[0] = cfg.rows[1] = cfg.rows[2] = 16;
-  cfg.colsb[0] = cfg.colsb[1] = static_cast<uint16_t>(mg * 4);
-  cfg.colsb[2] = 64;
-  _tile_loadconfig(&cfg);
+  load_tiles_config(mg);
   const int64_t bstride = mg * 4;
   alignas(64) uint16_t buffer[2][4][16][32];
   const int64_t far = kL2AheadRows * rowb;
@@ -1372,19 +1369,22 @@ at::Tensor compact_linear(const at::Tensor& x, const at::Tensor& data, const at:
   }
 #endif
 #if SMG_HAVE_BF16_PAIRS
-  return for_each_output4(x, xc, M, N, bias, gelu_or_none(activation),
-                          [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+  // kOut outputs from n, rows m0 .. m0 + mb: out[o * mb + i].
+  const auto outputs = [&]<int kOut>(int64_t n, int64_t m0, int64_t mb, float* out) {
     with_rows(mb, [&]<int MB>() {
-      dot_rows_compact<4, MB>(wp + n * rowb, rowb, tp + n * 16, xb + m0 * Kp, Kp, out);
+      dot_rows_compact<kOut, MB>(wp + n * rowb, rowb, tp + n * 16, xb + m0 * Kp, Kp, out);
     });
-    for (int64_t o = 0; o < 4; ++o)
+    for (int64_t o = 0; o < kOut; ++o)
       for (int64_t i = 0; i < mb; ++i) out[o * mb + i] += excepted(n + o, m0 + i);
-  }, [&](int64_t n, int64_t m0, int64_t mb, float* out) {
-    with_rows(mb, [&]<int MB>() {
-      dot_rows_compact<1, MB>(wp + n * rowb, rowb, tp + n * 16, xb + m0 * Kp, Kp, out);
-    });
-    for (int64_t i = 0; i < mb; ++i) out[i] += excepted(n, m0 + i);
-  });
+  };
+  return for_each_output4(
+      x, xc, M, N, bias, gelu_or_none(activation),
+      [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+        outputs.template operator()<4>(n, m0, mb, out);
+      },
+      [&](int64_t n, int64_t m0, int64_t mb, float* out) {
+        outputs.template operator()<1>(n, m0, mb, out);
+      });
 #else
   TORCH_CHECK(false, "compact_linear: built without AVX512-BF16 support");
 #endif
