@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.engines.base import ProgressCallback, check_cancel, fit_length
-from samplemind_gen.engines.musicgen_sampling import choose_tokens
+from samplemind_gen.engines.musicgen_sampling import next_tokens
 from samplemind_gen.errors import BadInputError
 from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
 
@@ -322,14 +322,17 @@ def decode_frames(
         )
         logits = out.logits[:, -1, :].to(dtype=torch.float32)
         logits = _guide(logits, weights, request.guidance_scale if cfg else None)
-        next_ids = choose_tokens(
+        next_ids = next_tokens(  # guided above: no guidance here
             logits,
-            greedy=greedy,
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            generators=generators,
-            rows_per_take=k,
+            1.0,
+            {
+                "greedy": greedy,
+                "temperature": request.temperature,
+                "top_k": request.top_k,
+                "top_p": request.top_p,
+                "generators": generators,
+                "rows_per_take": k,
+            },
         )
         current = torch.cat([current, next_ids[:, None]], dim=-1)
         report(step + 1, steps)

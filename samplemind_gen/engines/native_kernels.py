@@ -10,6 +10,8 @@
 - `kernels/step_ops.cpp`: the rest of a decode step's small ops (single-query attention with
   fp32/bf16/int8 caches, residual add + layer norm, GELU), one op where PyTorch needs several,
   for AVX-512 and AVX2.
+- `kernels/sampling.cpp`: the next-token choice (guidance, temperature, top-k, the draw) in one
+  op.
 
 They are built with the C++ compiler (`$CXX`, else `g++`) against the installed torch, once per
 machine and torch version, into `paths.kernel_cache_dir()` (atomically: a half-written library
@@ -33,7 +35,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "vnni.cpp", KERNELS / "step_ops.cpp")  # plus their headers (*.h)
+SOURCES = (KERNELS / "vnni.cpp", KERNELS / "step_ops.cpp", KERNELS / "sampling.cpp")  # + headers
 ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
 # The least the kernels need (their AVX2 path); AVX-VNNI and AVX512-VNNI paths are chosen at run
 # time where the CPU has them (`isa()`). The library itself is built for plain x86-64.
