@@ -412,3 +412,55 @@ def test_the_one_call_step_is_left_for_kernels_it_does_not_run(tiny_musicgen: Pa
     decoder.begin(torch.randn(2, 3, decoder.hidden), torch.ones(2, 3, dtype=torch.long), 4)
     assert decoder._native and decoder._layers_call is None
     decoder.end()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embed_frame_is_the_codebooks_sum_plus_position_and_its_norm(dtype):
+    """x: each row's 4 token embeddings added in codebook order, then the position (rounded to
+    the tables' dtype), bit for bit as PyTorch adds them; y: its layer norm. Non-contiguous ids
+    are read as they are; an id past its table is refused."""
+    gen = torch.Generator().manual_seed(5)
+    books, vocab, hidden, rows = 4, 37, 64, 3
+    tables = [torch.randn(vocab, hidden, generator=gen).to(dtype) for _ in range(books)]
+    positions = torch.randn(20, hidden, generator=gen)
+    weight, bias = torch.randn(hidden, generator=gen).to(dtype), torch.randn(hidden).to(dtype)
+    wide = torch.randint(0, vocab, (rows * books, 5), generator=gen)
+    ids = wide[:, -1:]  # a column of a wider buffer, as the decode loop slices it
+    x, y = torch.ops.samplemind.embed_frame(ids, tables, positions, 7, weight, bias, 1e-5)
+    grouped = ids.reshape(rows, books, 1)
+    expected = sum(F.embedding(grouped[:, c], tables[c]) for c in range(books))
+    expected = expected + positions[7:8].to(dtype)
+    assert x.dtype == y.dtype == dtype and x.shape == (rows, 1, hidden)
+    assert torch.equal(x, expected)
+    normed = F.layer_norm(x.float(), (hidden,), weight.float(), bias.float(), 1e-5)
+    assert float((y.float() - normed).abs().max()) < (1e-5 if dtype == torch.float32 else 0.04)
+    with pytest.raises(RuntimeError, match="id out of range"):
+        torch.ops.samplemind.embed_frame(ids + vocab, tables, positions, 7, weight, bias, 1e-5)
+    with pytest.raises(RuntimeError, match="position past"):
+        torch.ops.samplemind.embed_frame(ids, tables, positions, 20, weight, bias, 1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_the_step_embeds_and_runs_the_heads_natively_with_the_same_logits(
+    tiny_musicgen: Path, mode: str
+):
+    """In the packed modes the frame's embeddings + first norm (`embed_frame`) and the LM heads
+    (`lm_heads`) are one op each: the heads give the per-head kernels' logits exactly, and the
+    step's logits stay those of the Python embedding + F.layer_norm within rounding."""
+    decoder, states, mask, ids = _packed_decoder_and_inputs(tiny_musicgen, mode)
+    decoder.begin(states, mask, 12)
+    assert decoder._embed_tables is not None and decoder._heads_call is not None
+    y = torch.randn(ids[0].shape[0] // decoder.codebooks, 1, decoder.hidden).to(decoder.dtype)
+    per_head = [head(y) for head in decoder._heads]
+    stacked = torch.stack(per_head, dim=1).reshape(-1, per_head[0].shape[-1])
+    assert torch.equal(decoder._head_logits(y), stacked)
+    native = [decoder.step(ids[p], p).float() for p in range(12)]
+    decoder.end()
+    decoder.begin(states, mask, 12)
+    decoder._embed_tables = decoder._heads_call = None
+    python = [decoder.step(ids[p], p).float() for p in range(12)]
+    decoder.end()
+    for a, b in zip(native, python, strict=True):
+        assert rel_err(a, b) < (0.03 if mode == "bf16" else 1e-4)

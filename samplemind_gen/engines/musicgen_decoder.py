@@ -71,6 +71,10 @@ class CachedDecoder:
         # where every linear is one of samplemind-gen's kernels; False: one call per op.
         self.one_call = True
         self._layers_call: tuple[Any, ...] | None = None
+        # The frame's embeddings + first norm (`embed_frame`) and the LM heads (`lm_heads`) as
+        # one native op each, where the step ops run.
+        self._embed_tables: list[Any] | None = None
+        self._heads_call: tuple[list[Any], list[int]] | None = None
 
     @property
     def dtype(self) -> Any:
@@ -145,6 +149,8 @@ class CachedDecoder:
         # Each layer ends with the add + norm that starts the next (the last: the final norm).
         self._next_norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
         self._layers_call = self._one_call_args() if self._native and self.one_call else None
+        self._embed_tables = self._native_embed_tables() if self._native else None
+        self._heads_call = self._native_heads() if self._native else None
 
     def end(self) -> None:
         """Drop the per-take cache (it is the biggest per-take allocation)."""
@@ -152,7 +158,7 @@ class CachedDecoder:
         self._key_scales, self._value_scales = [], []
         self._cross_mask = self._static_mask = None
         self._plan, self._heads, self._next_norms = [], [], []
-        self._layers_call = None
+        self._layers_call = self._embed_tables = self._heads_call = None
 
     def embed(self, input_ids: Any, position: int | Any) -> Any:
         ids = input_ids.reshape(-1, self.codebooks, 1)
@@ -231,10 +237,15 @@ class CachedDecoder:
             ops.cross_attention,
             ops.add_layer_norm,
         )
-        x = self.embed(input_ids, position)
+        if self._embed_tables is not None:
+            x, y = ops.embed_frame(
+                input_ids, self._embed_tables, self._positions, position, *self._plan[0][0]
+            )
+        else:
+            x = self.embed(input_ids, position)
+            y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
         scale = self.scaling
         cross_mask = self._cross_mask
-        y = F.layer_norm(x, (self.hidden,), *self._plan[0][0])
         if self._layers_call is not None:
             params, kinds, caches, eps = self._layers_call
             _, y = ops.decoder_layers(x, y, params, kinds, caches, cross_mask, position, scale, eps)
@@ -319,6 +330,35 @@ class CachedDecoder:
             caches += [keys, values, *scales, ck, cv]
         return params, kinds, caches, eps
 
+    def _native_embed_tables(self) -> list[Any] | None:
+        """The codebooks' embedding tables, as `embed_frame` takes them (fp32 or bf16, alike),
+        or None."""
+        import torch
+
+        tables = [table.weight for table in self.core.embed_tokens]
+        dtype = tables[0].dtype
+        if dtype not in (torch.float32, torch.bfloat16) or dtype != self.dtype:
+            return None
+        if any(t.dtype != dtype or not t.is_contiguous() for t in tables):
+            return None
+        return tables
+
+    def _native_heads(self) -> tuple[list[Any], list[int]] | None:
+        """`lm_heads`' arguments (params, kinds) when every head is one of samplemind-gen's
+        kernels, else None."""
+        import torch
+
+        empty = torch.empty(0)
+        params: list[Any] = []
+        kinds: list[int] = []
+        for head in self.lm.lm_heads:
+            spec = _kernel_spec(getattr(head, "kernel", None))
+            if spec is None:
+                return None
+            kinds.append(spec[0])
+            params += [empty if t is None else t for t in spec[1]]
+        return params, kinds
+
     def step_static(self, input_ids: Any, position: Any) -> Any:
         """`step` with shapes that do not depend on `position` (a 1-element long tensor):
         attention runs over the whole cache with the future masked. For CUDA graphs."""
@@ -383,6 +423,8 @@ class CachedDecoder:
         """The LM heads over the final layer norm's output."""
         import torch
 
+        if self._heads_call is not None:
+            return torch.ops.samplemind.lm_heads(x, *self._heads_call)
         heads = self._heads or self.lm.lm_heads
         logits = torch.stack([head(x) for head in heads], dim=1)
         return logits.reshape(-1, logits.shape[-1])

@@ -59,6 +59,24 @@ void add_layer_norm_row(const S* x, const S* delta, const P* weight, const P* bi
   }
 }
 
+// o += e over n values (a multiple of W, or any n: the tail is scalar), rounded to the
+// activations' dtype as PyTorch's add rounds it.
+template <typename S>
+void add_rows(S* o, const S* e, int64_t n) {
+  int64_t j = 0;
+  for (; j + Vec::W <= n; j += Vec::W) Vec::store(o + j, Vec::add(Vec::load(o + j), Vec::load(e + j)));
+  for (; j < n; ++j) {
+    if constexpr (std::is_same_v<S, float>) {
+      o[j] += e[j];
+    } else {
+      const float sum = std::bit_cast<float>(static_cast<uint32_t>(o[j]) << 16) +
+                        std::bit_cast<float>(static_cast<uint32_t>(e[j]) << 16);
+      const uint32_t bits = std::bit_cast<uint32_t>(sum);
+      o[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+  }
+}
+
 inline void to_bf16(const float* src, uint16_t* dst, int64_t n) {
   int64_t i = 0;
   for (; i + Vec::W <= n; i += Vec::W) Vec::store(dst + i, Vec::load(src + i));
