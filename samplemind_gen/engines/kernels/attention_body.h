@@ -225,8 +225,19 @@ void cross_task(const CrossArgs& a, int64_t task, float* scratch) {
   const T* keys = static_cast<const T*>(a.keys) + task * a.length * D;
   const T* values = static_cast<const T*>(a.values) + task * a.length * D;
   const float* bias = a.bias == nullptr ? nullptr : a.bias + (a.bias_per_row ? row * a.length : 0);
+  float* out = a.out + row * width + head * D;
+  if (bias != nullptr) {
+    // A row whose every prompt position is masked (classifier-free guidance's unconditional
+    // row: its prompt is all padding) attends to nothing and gives zeros, as `attend` would
+    // after reading every key: skipped, half the cross-attention's reads of a guided step.
+    int64_t t = 0;
+    while (t < a.length && bias[t] == -__builtin_inff()) ++t;
+    if (t == a.length) {
+      for (int64_t j = 0; j < D; ++j) out[j] = 0.0f;
+      return;
+    }
+  }
   alignas(64) float q[D];
   for (int64_t j = 0; j < D; ++j) q[j] = as_float(qs, j) * a.scale;
-  attend<D>(q, keys, values, nullptr, nullptr, bias, a.length, scratch,
-            a.out + row * width + head * D, a.length * D);
+  attend<D>(q, keys, values, nullptr, nullptr, bias, a.length, scratch, out, a.length * D);
 }
