@@ -443,6 +443,7 @@ class MusicGenEngine:
             step_fn = self._step_function(
                 encoder_states, encoder_mask, steps, batch * k * (1 + cfg)
             )
+        free = delay_mask == -1  # columns the decoder fills (the rest: pad / start ids)
         in_flight: deque[Any] = deque()
         on_cuda = self.device.startswith("cuda")
         started = time.perf_counter()
@@ -459,9 +460,13 @@ class MusicGenEngine:
                         if len(in_flight) > GRAPH_LOOKAHEAD:
                             in_flight.popleft().synchronize()
                 else:
-                    step_ids = decoder.apply_delay_pattern_mask(current[:, : step + 1], delay_mask)[
-                        :, -1:
-                    ]
+                    # The last column of `apply_delay_pattern_mask(current[:, : step + 1])`:
+                    # the pattern's fixed ids where it has them, else the ids chosen so far.
+                    step_ids = torch.where(
+                        free[:, step : step + 1],
+                        current[:, step : step + 1],
+                        delay_mask[:, step : step + 1],
+                    )
                     if cfg:
                         step_ids = step_ids.repeat((2, 1))
                     logits = step_fn(step_ids, step)
