@@ -140,3 +140,25 @@ def test_cli_long_form_continue_and_errors(capsys, tiny_musicgen, tmp_path):
     assert main([*base, "--continue", str(tmp_path / "missing.wav")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main([*base, "--duration", "700"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8", "int4"])
+def test_long_takes_run_in_the_packed_modes(tiny_musicgen, mode):
+    """The packed CPU modes fuse each self-attention's q/k/v into one projection; the windows
+    run transformers' own attention, which calls q, k and v one by one: they are slices of the
+    fused projection (`QkvPart`), which runs once. The first window is the engine's own take,
+    greedy, as in fp32."""
+    from samplemind_gen.catalog import resolve_model
+    from samplemind_gen.engines import LoadOptions, load_engine
+
+    options = LoadOptions(dtype="bfloat16") if mode == "bfloat16" else LoadOptions(quantize=mode)
+    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
+    attention = engine.model.decoder.model.decoder.layers[0].self_attn
+    assert hasattr(attention, "qkv_proj") and hasattr(attention, "q_proj")
+    req = [GenerationRequest(PROMPTS[0], duration=2.5, seed=3)]
+    (take,) = generate_windowed(engine, req, LongForm(window=1.0, overlap=0.4))
+    assert take.audio.shape == (1, 80000) and np.isfinite(take.audio).all()
+    short = [GenerationRequest(PROMPTS[0], duration=0.4, seed=1)]
+    (window,) = generate_windowed(engine, short, LongForm(), greedy=True)
+    (ref,) = engine.generate(short, greedy=True)
+    assert np.abs(window.audio - ref.audio).max() <= 0.05 * np.abs(ref.audio).max() + 1e-6

@@ -83,6 +83,7 @@ def request_from_args(args: argparse.Namespace, prompt: str, seed: int | None): 
 def run(args: argparse.Namespace) -> int:
     from samplemind_gen import paths
     from samplemind_gen.catalog import DEFAULT_MODEL, resolve_model
+    from samplemind_gen.cli import interrupts
     from samplemind_gen.cli.longform import longform_from_args
     from samplemind_gen.cli.processing import loop_duration, processing_from_args
     from samplemind_gen.cli.progress import ProgressLine
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.done()
     for i, take in enumerate(takes):
+        interrupts.raise_if_pressed()  # Ctrl-C while the take was analysed: write nothing
         takes[i] = take = finish_take(
             take,
             output,

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from samplemind_gen.cli import tui
 
         return tui.run(args)
+    from samplemind_gen.cli import interrupts
+
+    interrupts.install()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

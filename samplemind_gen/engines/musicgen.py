@@ -216,6 +216,10 @@ class MusicGenEngine:
 
             for layer in model.decoder.model.decoder.layers:  # one kernel instead of three
                 fuse_qkv(layer.self_attn)
+        if packed or device.startswith("cuda"):
+            from samplemind_gen.engines.musicgen_quant import add_qkv_parts
+
+            add_qkv_parts(model)  # transformers' forward (long-form windows) calls q, k, v
         # On CPU, EnCodec, the text projection and the text encoder run in fp32 (their weights
         # read back exactly from the checkpoint): they run once per take, T5 in bf16 measured
         # ~10x slower on a CPU without native bf16, and EnCodec in bf16 costs audible quality.

@@ -459,6 +459,41 @@ def fuse_qkv(attention: Any) -> None:
     del attention.q_proj, attention.k_proj, attention.v_proj
 
 
+class QkvPart(nn.Module):
+    """q, k or v of a fused `qkv_proj` (`fuse_qkv`), for code that calls the three one by one:
+    transformers' attention forward, which long-form windows and melody conditioning run. The
+    first of the three calls with an input projects it; the other two, given the same input
+    tensor, take their slices of that output (so the fused kernel runs once, as in our step)."""
+
+    def __init__(self, attention: Any, index: int) -> None:
+        super().__init__()
+        self.index = index
+        # Not a submodule: the attention module owns this part, not the other way round.
+        object.__setattr__(self, "_attention", attention)
+
+    def forward(self, x: Any) -> Any:
+        attention: Any = self.__dict__["_attention"]
+        last = getattr(attention, "_qkv_last", None)
+        if last is None or last[0] is not x:
+            last = (x, attention.qkv_proj(x))
+        out = last[1]
+        width = out.shape[-1] // 3
+        # Keep the projection until v has taken its slice, then let it go.
+        object.__setattr__(attention, "_qkv_last", None if self.index == 2 else last)
+        return out[..., self.index * width : (self.index + 1) * width]
+
+
+def add_qkv_parts(model: Any) -> None:
+    """Give every fused self-attention of `model`'s decoder its `q_proj`, `k_proj`, `v_proj`
+    back, as `QkvPart`s of the fused projection (after packing, which looks for linears)."""
+    for layer in model.decoder.model.decoder.layers:
+        attention = layer.self_attn
+        if hasattr(attention, "qkv_proj") and not hasattr(attention, "q_proj"):
+            attention.q_proj = QkvPart(attention, 0)
+            attention.k_proj = QkvPart(attention, 1)
+            attention.v_proj = QkvPart(attention, 2)
+
+
 def pack_linears(module: Any, mode: str) -> None:
     """`quantize_dynamic` every `nn.Linear` under `module`, in place."""
     from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig
