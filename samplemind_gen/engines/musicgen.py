@@ -36,7 +36,7 @@ from samplemind_gen.devices import (
 from samplemind_gen.engines.base import LoadOptions, ProgressCallback, check_cancel, fit_length
 from samplemind_gen.engines.encodec_windows import WindowedDecoder
 from samplemind_gen.engines.musicgen_decoder import CachedDecoder, CudaGraphStep
-from samplemind_gen.engines.musicgen_sampling import next_tokens
+from samplemind_gen.engines.musicgen_sampling import next_tokens, sampling_settings
 from samplemind_gen.engines.musicgen_stream import (
     AudioCallback,
     ChunkedAudioDecoder,
@@ -431,14 +431,7 @@ class MusicGenEngine:
         # Preallocated id buffer: column 0 is the start token, one column per step after it.
         current = torch.empty((batch * k, steps + 1), dtype=torch.long, device=self.device)
         current[:, :1] = ids
-        sampling: dict[str, Any] = {
-            "greedy": greedy,
-            "temperature": request.temperature,
-            "top_k": request.top_k,
-            "top_p": request.top_p,
-            "generators": generators,
-            "rows_per_take": k,
-        }
+        sampling = sampling_settings(request, generators, greedy=greedy, rows_per_take=k)
         take_graph = self._take_graph(
             encoder_states, encoder_mask, steps, current, delay_mask, request, sampling
         )

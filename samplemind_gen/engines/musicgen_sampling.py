@@ -11,6 +11,20 @@ from typing import Any
 TIE_ROOM = 16
 
 
+def sampling_settings(
+    request: Any, generators: Sequence[Any], *, greedy: bool, rows_per_take: int
+) -> dict[str, Any]:
+    """`choose_tokens`' / `next_tokens`' keyword settings for a request's takes."""
+    return {
+        "greedy": greedy,
+        "temperature": request.temperature,
+        "top_k": request.top_k,
+        "top_p": request.top_p,
+        "generators": list(generators),
+        "rows_per_take": rows_per_take,
+    }
+
+
 def apply_guidance(logits: Any, scale: float) -> Any:
     """Rows are [conditional; unconditional]; returns the guided conditional half."""
     cond, uncond = logits.chunk(2, dim=0)

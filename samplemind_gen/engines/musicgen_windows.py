@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.engines.base import ProgressCallback, check_cancel, fit_length
-from samplemind_gen.engines.musicgen_sampling import next_tokens
+from samplemind_gen.engines.musicgen_sampling import next_tokens, sampling_settings
 from samplemind_gen.errors import BadInputError
 from samplemind_gen.request import GeneratedAudio, GenerationRequest, Progress, validate_request
 
@@ -306,6 +306,7 @@ def decode_frames(
     copies = len(weights) + (1 if cfg else 0)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     current = ids
+    sampling = sampling_settings(request, generators, greedy=greedy, rows_per_take=k)
     for step in range(steps):
         check_cancel(cancel)
         # First step: the whole code prompt at once (prefill); then one column at a time.
@@ -322,18 +323,7 @@ def decode_frames(
         )
         logits = out.logits[:, -1, :].to(dtype=torch.float32)
         logits = _guide(logits, weights, request.guidance_scale if cfg else None)
-        next_ids = next_tokens(  # guided above: no guidance here
-            logits,
-            1.0,
-            {
-                "greedy": greedy,
-                "temperature": request.temperature,
-                "top_k": request.top_k,
-                "top_p": request.top_p,
-                "generators": generators,
-                "rows_per_take": k,
-            },
-        )
+        next_ids = next_tokens(logits, 1.0, sampling)  # guided above: no guidance here
         current = torch.cat([current, next_ids[:, None]], dim=-1)
         report(step + 1, steps)
     final = decoder.apply_delay_pattern_mask(current, delay_mask)
