@@ -56,8 +56,8 @@ def test_picks_are_the_rule_applied_to_the_same_uniform_numbers(scale, temperatu
     gen = torch.Generator().manual_seed(7)
     logits = torch.randn(2 * 64 if scale > 1 else 64, 2048, generator=gen) * 3
     uniform = torch.rand(64, dtype=torch.float64, generator=gen)
-    ids, broken = torch.ops.samplemind.sample_top_k(logits, scale, temperature, k, uniform)
-    assert broken == 0 and ids.dtype == torch.long and ids.shape == (64,)
+    ids, broken, count = torch.ops.samplemind.sample_top_k(logits, scale, temperature, k, uniform)
+    assert count == 0 and not broken.any() and ids.dtype == torch.long and ids.shape == (64,)
     assert ids.tolist() == reference(logits.numpy(), scale, temperature, k, uniform.numpy())
 
 
@@ -117,8 +117,8 @@ def test_a_take_with_nothing_to_weigh_takes_pytorchs_path_alone():
             for s in (1, 2)
         ]
     )
-    _, broken = torch.ops.samplemind.sample_top_k(logits, 1.0, 1.0, 8, uniform)
-    assert broken == 1
+    _, broken, count = torch.ops.samplemind.sample_top_k(logits, 1.0, 1.0, 8, uniform)
+    assert count == 1 and broken.tolist() == [False] * 5 + [True] + [False] * 2
     picks = next_tokens(logits, 1.0, sampling)
     assert picks.shape == (8,)
     alone = next_tokens(good, 1.0, settings(8, 1, 4))

@@ -152,20 +152,19 @@ def sample_native(logits: Any, guidance_scale: float, sampling: dict[str, Any]) 
 
     per_take = sampling["rows_per_take"]
     draws = [torch.rand(per_take, dtype=torch.float64, generator=g) for g in sampling["generators"]]
-    ids, broken = torch.ops.samplemind.sample_top_k(
+    ids, broken, count = torch.ops.samplemind.sample_top_k(
         logits,
         float(guidance_scale),
         float(sampling["temperature"]),
         sampling["top_k"],
         draws[0] if len(draws) == 1 else torch.cat(draws),
     )
-    if broken:
+    if count:
         guided = logits.to(torch.float32)
         if guidance_scale > 1:
             guided = apply_guidance(guided, guidance_scale)
         for i, g in enumerate(sampling["generators"]):
             rows = slice(i * per_take, (i + 1) * per_take)
-            take = guided[rows]
-            if bool(torch.isnan(take).any() | torch.isneginf(take).all(dim=-1).any()):
-                ids[rows] = choose_tokens(take, **{**sampling, "generators": [g]})
+            if bool(broken[rows].any()):
+                ids[rows] = choose_tokens(guided[rows], **{**sampling, "generators": [g]})
     return ids

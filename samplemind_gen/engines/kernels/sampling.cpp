@@ -33,7 +33,8 @@ namespace {
 // rounded as PyTorch's three separate ops round it.
 #define SMG_SAMPLING __attribute__((target("avx2")))
 
-// An order-preserving signed key of a float (not NaN): a < b exactly when key(a) < key(b).
+// An order-preserving signed key of a float (not NaN; -0 already made +0): a < b exactly when
+// key(a) < key(b).
 SMG_SAMPLING inline int32_t order_key(float v) {
   int32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
@@ -41,8 +42,8 @@ SMG_SAMPLING inline int32_t order_key(float v) {
 }
 
 // The key of the k-th largest of `count` keys (1 <= k <= count): a binary search for the
-// largest key t with at least k keys >= t, each count one vectorized pass over the row (~3 us
-// for 2,048 values; std::nth_element took ~12).
+// largest key t with at least k keys >= t, each count one vectorized pass over the row (the op
+// on 4 rows of 2,048: 22 us, against 49 with std::nth_element).
 SMG_SAMPLING int32_t kth_largest_key(const int32_t* keys, int64_t count, int64_t k) {
   int64_t lo = INT32_MIN, hi = INT32_MAX;  // count(>= lo) >= k; count(> hi) < k
   while (lo < hi) {
@@ -79,8 +80,9 @@ SMG_SAMPLING int32_t kth_largest_key(const int32_t* keys, int64_t count, int64_t
 // logits (R, V): with guidance_scale > 1, R = 2n rows [conditional; unconditional], guided as
 // uncond + (cond - uncond) * scale (musicgen_sampling.apply_guidance); else n = R rows as they
 // are. Then / temperature (when not 1), and one pick per row among its top_k largest, by
-// uniform (n) fp64 in [0, 1). Returns (ids (n) int64, how many rows hold a NaN: their ids are 0).
-SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logits,
+// uniform (n) fp64 in [0, 1). Returns (ids (n) int64, broken (n) bool, how many are broken): a
+// broken row has nothing to weigh (a NaN, or every logit -inf) and its id is left 0.
+SMG_SAMPLING std::tuple<at::Tensor, at::Tensor, int64_t> sample_top_k(const at::Tensor& logits,
                                                           double guidance_scale,
                                                           double temperature, int64_t top_k,
                                                           const at::Tensor& uniform) {
@@ -97,6 +99,8 @@ SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logi
   TORCH_CHECK(top_k > 0 && temperature > 0.0, "sample_top_k: top_k and temperature must be > 0");
   const int64_t k = std::min(top_k, vocab);
   at::Tensor ids = at::zeros({n}, at::kLong);
+  at::Tensor broken = at::zeros({n}, at::kBool);
+  bool* bad = broken.data_ptr<bool>();
   const float* lp = l.data_ptr<float>();
   const double* up = uniform.data_ptr<double>();
   int64_t* out = ids.data_ptr<int64_t>();
@@ -125,6 +129,7 @@ SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logi
           v = _mm256_add_ps(vu, _mm256_mul_ps(_mm256_sub_ps(v, vu), vs));
         }
         if (temp != 1.0f) v = _mm256_div_ps(v, vt);
+        v = _mm256_add_ps(v, _mm256_setzero_ps());  // -0 -> +0: ties at zero compare as floats do
         unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         _mm256_storeu_ps(row.data() + j, v);
         highest = _mm256_max_ps(highest, v);
@@ -141,12 +146,14 @@ SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logi
     for (; j < vocab; ++j) {
       float v = guided ? u[j] + (c[j] - u[j]) * scale : c[j];
       if (temp != 1.0f) v = v / temp;
+      v = v + 0.0f;
       nan |= v != v;
       row[j] = v;
       keys[j] = order_key(v);
       top = std::max(top, v);
     }
     if (nan || top == -std::numeric_limits<float>::infinity()) {  // nothing to weigh
+      bad[i] = true;
       ++nan_rows;
       continue;
     }
@@ -173,7 +180,7 @@ SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logi
     }
     out[i] = choice;
   }
-  return {ids, nan_rows};
+  return {ids, broken, nan_rows};
 }
 
 }  // namespace
@@ -181,7 +188,7 @@ SMG_SAMPLING std::tuple<at::Tensor, int64_t> sample_top_k(const at::Tensor& logi
 TORCH_LIBRARY_FRAGMENT(samplemind, m) {
   m.def(
       "sample_top_k(Tensor logits, float guidance_scale, float temperature, int top_k, "
-      "Tensor uniform) -> (Tensor, int)");
+      "Tensor uniform) -> (Tensor, Tensor, int)");
 }
 
 TORCH_LIBRARY_IMPL(samplemind, CPU, m) { m.impl("sample_top_k", &sample_top_k); }

@@ -333,15 +333,16 @@ std::tuple<at::Tensor, at::Tensor> embed_frame(const at::Tensor& ids, at::Tensor
                     (act == at::kFloat || act == at::kBFloat16),
                 "embed_frame: tables must be contiguous fp32 or bf16 (vocab, hidden), alike");
   }
-  TORCH_CHECK(position >= 0 && position < positions.size(0) && positions.size(1) == hidden,
-              "embed_frame: position past the table");
+  TORCH_CHECK(positions.dim() == 2 && positions.size(1) == hidden,
+              "embed_frame: positions must be (length, hidden)");
+  TORCH_CHECK(position >= 0 && position < positions.size(0), "embed_frame: position past the table");
   const int64_t rows = idc.numel() / books;
   const int64_t* id = idc.data_ptr<int64_t>();
   for (int64_t i = 0; i < idc.numel(); ++i) {
     TORCH_CHECK(id[i] >= 0 && id[i] < tables[i % books].size(0), "embed_frame: id out of range");
   }
   at::Tensor summed = at::empty({rows, 1, hidden}, tables[0].options());
-  const at::Tensor pos = positions[position].to(act).contiguous().expand({rows, 1, hidden});
+  const at::Tensor pos = positions[position].to(act).expand({rows, 1, hidden}).contiguous();
   auto add_rows = [&]<typename S>() {
     S* out = static_cast<S*>(summed.data_ptr());
     for (int64_t r = 0; r < rows; ++r) {
@@ -357,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor> embed_frame(const at::Tensor& ids, at::Tensor
   };
   if (act == at::kFloat) add_rows.template operator()<float>();
   else add_rows.template operator()<uint16_t>();
-  return add_layer_norm(summed, pos.contiguous(), weight, bias, eps);
+  return add_layer_norm(summed, pos, weight, bias, eps);
 }
 
 // The LM heads over the final norm's output y (rows, 1, hidden): logits (rows * heads, vocab),

@@ -48,6 +48,7 @@
 #include <vector>
 
 namespace {
+
 #define SMG_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SMG_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define SMG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -174,8 +175,8 @@ T* scratch(int64_t count) {
 }
 
 // A linear layer's output tensor (x's shape with N outputs, in the activations' dtype) and where
-// its fp32 sums go: straight into it when it is fp32, else a per-thread scratch buffer that
-// `finish_range` rounds into it.
+// its fp32 sums go: straight into it when it is fp32, else the calling thread's scratch buffer
+// (the workers write into it too), which `finish_range` rounds into it.
 struct Outputs {
   at::Tensor out;
   float* y;
