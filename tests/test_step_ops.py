@@ -212,6 +212,12 @@ from samplemind_gen.engines.musicgen_quant import Int8Linear
 lin = Int8Linear(torch.nn.Linear(1024, 1000))
 y = lin.with_gelu()(x)
 out["gelu"] = float((y - F.gelu(lin(x))).abs().max())
+tables = [torch.randn(30, 1024).to(torch.bfloat16) for _ in range(4)]
+ids = torch.randint(0, 30, (8, 1))
+pos = torch.randn(5, 1024)
+ex, _ = torch.ops.samplemind.embed_frame(ids, tables, pos, 3, w[0, 0], b[0, 0], 1e-5)
+ref = sum(F.embedding(ids.view(2, 4)[:, c], tables[c]) for c in range(4)) + pos[3].to(torch.bfloat16)
+out["embed_frame"] = bool(torch.equal(ex.view(2, 1024), ref))
 print(json.dumps(out))
 """
 
@@ -229,6 +235,7 @@ def test_every_instruction_set_path_computes_the_step_ops_alike(isa: str):
     assert out["isa"] == ISA_NAME[isa]
     assert out["torch.bfloat16"] < 1e-5 and out["torch.int8"] < 1e-5 and out["long"] < 1e-5
     assert out["add_layer_norm"] < 1e-5 and out["gelu"] < 1e-5
+    assert out["embed_frame"]  # bf16 adds rounded as PyTorch rounds them, on either path
 
 
 @needs_kernels
