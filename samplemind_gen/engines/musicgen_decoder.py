@@ -316,13 +316,12 @@ class CachedDecoder:
             if plan[13] is None:  # no GELU inside fc1's kernel
                 return None
             sa, ca = layer.self_attn, layer.encoder_attn
-            for linear in (sa.qkv_proj, sa.out_proj, ca.q_proj, ca.out_proj, layer.fc1, layer.fc2):
-                spec = _kernel_spec(getattr(linear, "kernel", None))
-                if spec is None:
-                    return None
-                kind, tensors = spec
-                kinds.append(kind)
-                params += [empty if t is None else t for t in tensors]
+            linears = (sa.qkv_proj, sa.out_proj, ca.q_proj, ca.out_proj, layer.fc1, layer.fc2)
+            kernels = _kernel_args(linears)
+            if kernels is None:
+                return None
+            params += kernels[0]
+            kinds += kernels[1]
             for weight, bias, e in (plan[6], plan[9], next_norm):
                 params += [weight, bias]
                 eps.append(e)
@@ -346,18 +345,7 @@ class CachedDecoder:
     def _native_heads(self) -> tuple[list[Any], list[int]] | None:
         """`lm_heads`' arguments (params, kinds) when every head is one of samplemind-gen's
         kernels, else None."""
-        import torch
-
-        empty = torch.empty(0)
-        params: list[Any] = []
-        kinds: list[int] = []
-        for head in self.lm.lm_heads:
-            spec = _kernel_spec(getattr(head, "kernel", None))
-            if spec is None:
-                return None
-            kinds.append(spec[0])
-            params += [empty if t is None else t for t in spec[1]]
-        return params, kinds
+        return _kernel_args(self.lm.lm_heads)
 
     def step_static(self, input_ids: Any, position: Any) -> Any:
         """`step` with shapes that do not depend on `position` (a 1-element long tensor):
@@ -453,6 +441,23 @@ def _kernel_spec(kernel: Any) -> tuple[int, list[Any]] | None:
     if isinstance(kernel, Int4Linear) and kernel.native:
         return LINEAR_INT4, [kernel.nibbles, kernel.scales, kernel.mins, kernel.bias]
     return None
+
+
+def _kernel_args(linears: Any) -> tuple[list[Any], list[int]] | None:
+    """(params, kinds) of packed linear modules as the native ops take them (4 tensors and a
+    kind each, an empty tensor for None), or None when one is not samplemind-gen's kernel."""
+    import torch
+
+    empty = torch.empty(0)
+    params: list[Any] = []
+    kinds: list[int] = []
+    for linear in linears:
+        spec = _kernel_spec(getattr(linear, "kernel", None))
+        if spec is None:
+            return None
+        kinds.append(spec[0])
+        params += [empty if t is None else t for t in spec[1]]
+    return params, kinds
 
 
 def _norm_args(norm: Any) -> tuple[Any, Any, float]:

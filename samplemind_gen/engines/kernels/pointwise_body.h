@@ -59,6 +59,12 @@ void add_layer_norm_row(const S* x, const S* delta, const P* weight, const P* bi
   }
 }
 
+// One float as bf16 bits, rounded to nearest even (finite values), as Vec::store rounds.
+inline uint16_t bf16_bits(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
 // o += e over n values (a multiple of W, or any n: the tail is scalar), rounded to the
 // activations' dtype as PyTorch's add rounds it.
 template <typename S>
@@ -69,10 +75,7 @@ void add_rows(S* o, const S* e, int64_t n) {
     if constexpr (std::is_same_v<S, float>) {
       o[j] += e[j];
     } else {
-      const float sum = std::bit_cast<float>(static_cast<uint32_t>(o[j]) << 16) +
-                        std::bit_cast<float>(static_cast<uint32_t>(e[j]) << 16);
-      const uint32_t bits = std::bit_cast<uint32_t>(sum);
-      o[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+      o[j] = bf16_bits(as_float(o, j) + as_float(e, j));
     }
   }
 }
@@ -80,8 +83,5 @@ void add_rows(S* o, const S* e, int64_t n) {
 inline void to_bf16(const float* src, uint16_t* dst, int64_t n) {
   int64_t i = 0;
   for (; i + Vec::W <= n; i += Vec::W) Vec::store(dst + i, Vec::load(src + i));
-  for (; i < n; ++i) {
-    const uint32_t bits = std::bit_cast<uint32_t>(src[i]);
-    dst[i] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-  }
+  for (; i < n; ++i) dst[i] = bf16_bits(src[i]);
 }
