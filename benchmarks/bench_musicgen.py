@@ -276,9 +276,23 @@ def engine_runner(engine):  # type: ignore[no-untyped-def]
 
 # ------------------------------------------------------------------------------------- parent
 def ensure_checkpoint(folder: Path) -> Path:
+    from samplemind_gen.testing.tiny_musicgen import (
+        SMALL,
+        build_musicgen,
+        checkpoint_tokenizer,
+        save_processor,
+    )
+
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        # Checkpoints built before the word-level tokenizer read the prompt in 57 tokens
+        # instead of 14 (t5-base: about 17); the weights do not depend on it.
+        from transformers import AutoTokenizer
+
+        tokenizer = checkpoint_tokenizer(SMALL)
+        saved = AutoTokenizer.from_pretrained(folder)
+        if saved(PROMPT).input_ids != tokenizer(PROMPT).input_ids:
+            save_processor(folder, tokenizer)
         return folder
-    from samplemind_gen.testing.tiny_musicgen import SMALL, build_musicgen
 
     print(f"building the musicgen-small architecture (random weights) into {folder} ...")
     t0 = time.perf_counter()

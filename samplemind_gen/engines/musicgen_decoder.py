@@ -23,6 +23,7 @@ of bf16's memory.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -75,6 +76,10 @@ class CachedDecoder:
         # one native op each, where the step ops run.
         self._embed_tables: list[Any] | None = None
         self._heads_call: tuple[list[Any], list[int]] | None = None
+        # One prompt's cross-attention folded into two small linears a layer where that reads
+        # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
+        self.fold_cross = os.environ.get("SAMPLEMIND_GEN_FOLD_CROSS", "1") not in ("0", "off")
+        self.folded = False
 
     @property
     def dtype(self) -> Any:
@@ -149,6 +154,12 @@ class CachedDecoder:
         # Each layer ends with the add + norm that starts the next (the last: the final norm).
         self._next_norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
         self._layers_call = self._one_call_args() if self._native and self.one_call else None
+        self.folded = False
+        if self._layers_call is not None and self.fold_cross:
+            folded = self._folded_cross(states, mask)
+            if folded is not None:
+                self._layers_call = (*self._layers_call[:4], *folded)
+                self.folded = True
         self._embed_tables = self._native_embed_tables() if self._native else None
         self._heads_call = self._native_heads() if self._native else None
 
@@ -247,8 +258,9 @@ class CachedDecoder:
         scale = self.scaling
         cross_mask = self._cross_mask
         if self._layers_call is not None:
-            params, kinds, caches, eps = self._layers_call
-            _, y = ops.decoder_layers(x, y, params, kinds, caches, cross_mask, position, scale, eps)
+            _, y = ops.decoder_layers(
+                x, y, *self._layers_call[:3], cross_mask, position, scale, *self._layers_call[3:]
+            )
             return self._head_logits(y)
         for plan, keys, values, key_scales, value_scales, (ck, cv), next_norm in self._per_layer():
             (_, qkv, _, _, _, out1, ln2, cq, out2, ln3, fc1, act, fc2, fc1_gelu) = plan
@@ -301,7 +313,8 @@ class CachedDecoder:
         )
 
     def _one_call_args(self) -> tuple[Any, ...] | None:
-        """`decoder_layers`' arguments (params, kinds, caches, eps) for this take, or None when
+        """`decoder_layers`' arguments (params, kinds, caches, eps, folded, prompted; the last
+        two empty: no folded cross-attention) for this take, or None when
         a linear is not one of samplemind-gen's kernels (oneDNN's, fbgemm's or aten's) or the
         feed-forward's activation is not the GELU the kernels apply."""
         import torch
@@ -327,7 +340,76 @@ class CachedDecoder:
                 eps.append(e)
             scales = [empty if t is None else t for t in (key_scales, value_scales)]
             caches += [keys, values, *scales, ck, cv]
-        return params, kinds, caches, eps
+        return params, kinds, caches, eps, [], None
+
+    def _folded_cross(self, states: Any, mask: Any) -> tuple[list[Any], Any] | None:
+        """`decoder_layers`' (folded, prompted) arguments when every row that attends to the
+        prompt attends to the same one (a single take, or variations of one prompt; guidance's
+        unconditional rows attend to nothing), else None.
+
+        With the prompt's keys K and values V fixed for the take, a layer's cross-attention
+        block is linear in them: per head h and prompt token t, q_h . K[h, t] * scale =
+        y . A[h, t] + c[h, t] with A[h, t] = scale * Wq_h^T K[h, t] (c from q's bias), and the
+        output projection of the softmax-weighted values is sum p[h, t] B[h, t] + bias with
+        B[h, t] = Wo_h V[h, t]. So the q projection, the attention over the prompt and the
+        output projection become two linears of heads x tokens rows (bf16 weights, fp32 sums):
+        a 15-token prompt's A and B are 1 MB a layer against 2 MB (int8) or 3 MB (compact
+        bf16) of projection weights. Folded only where that reads fewer bytes."""
+        import torch
+
+        from samplemind_gen.engines.musicgen_quant import pad_inputs
+
+        rows, length = states.shape[0], states.shape[1]
+        if mask is None:
+            attends = torch.ones((rows, length), dtype=torch.bool)
+        else:
+            if mask.shape != (rows, length):
+                return None
+            attends = mask == 0
+            if not bool((attends | (mask == float("-inf"))).all()):
+                return None  # a mask of other values: attention's own way
+        prompted = attends.any(1)
+        if not bool(prompted.any()):
+            return None
+        first = int(prompted.nonzero()[0, 0])
+        keep = attends[first]
+        others = prompted.nonzero()[:, 0]
+        if not bool((attends[others] == keep).all()) or not bool(
+            (states[others][:, keep] == states[first, keep]).all()
+        ):
+            return None  # several prompts: each row its own A and B, more bytes than shared weights
+        tokens = int(keep.sum())
+        width = self.heads * tokens
+        folded_bytes = 2 * (width * self.hidden + self.hidden * (-(-width // 64) * 64))
+        empty = torch.empty(0)
+        folded: list[Any] = []
+        for layer, (k, v) in zip(self.layers, self._cross, strict=True):
+            ca = layer.encoder_attn
+            q_kernel = getattr(ca.q_proj, "kernel", None)
+            o_kernel = getattr(ca.out_proj, "kernel", None)
+            specs = [_kernel_spec(q_kernel), _kernel_spec(o_kernel)]
+            if any(spec is None for spec in specs) or not hasattr(q_kernel, "dense"):
+                return None
+            weight_bytes = sum(
+                t.numel() * t.element_size() for _, ts in specs for t in ts if t is not None  # type: ignore[union-attr]
+            )
+            prompt_bytes = 2 * k[first].numel() * k.element_size()
+            if folded_bytes >= weight_bytes + prompt_bytes:
+                return None
+            kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
+            vf = v[first][:, keep].to(torch.float32)
+            wq = q_kernel.dense().view(self.heads, self.head_dim, -1)
+            a = torch.einsum("htd,hdk->htk", kf, wq).reshape(width, -1) * self.scaling
+            c = empty
+            if q_kernel.bias is not None:
+                bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
+                c = ((kf * bq).sum(-1).reshape(width) * self.scaling).contiguous()
+            wo = o_kernel.dense()
+            b = torch.einsum("nhd,htd->nht", wo.view(wo.shape[0], self.heads, -1), vf)
+            bias = empty if o_kernel.bias is None else o_kernel.bias
+            folded += [pad_inputs(a, torch.bfloat16), empty, empty, c]
+            folded += [pad_inputs(b.reshape(wo.shape[0], width), torch.bfloat16), empty, empty, bias]
+        return folded, prompted.to(torch.float32)
 
     def _native_embed_tables(self) -> list[Any] | None:
         """The codebooks' embedding tables, as `embed_frame` takes them (fp32 or bf16, alike),

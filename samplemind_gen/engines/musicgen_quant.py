@@ -195,6 +195,15 @@ class Int4Linear:
         op, nibbles, scales, mins, bias = self._op, self.nibbles, self.scales, self.mins, self.bias
         return lambda x: op(x, nibbles, scales, mins, bias, "gelu")
 
+    def dense(self) -> Any:
+        """The (out, in) fp32 weights the native kernel multiplies by: min + level * scale."""
+        n = self.nibbles.shape[0]
+        halves = self.nibbles.reshape(n, -1, 1, 64)
+        levels = torch.cat([halves & 15, halves >> 4], dim=2).reshape(n, -1).to(torch.float32)
+        scales = self.scales.to(torch.float32).repeat_interleave(32, dim=1)
+        mins = self.mins.to(torch.float32).repeat_interleave(32, dim=1)
+        return (mins + levels * scales)[:, : self.in_features]
+
     def __call__(self, x: Any) -> Any:
         if self.native:
             return self._op(x, self.nibbles, self.scales, self.mins, self.bias)
@@ -267,6 +276,10 @@ class Int8Linear:
     def __call__(self, x: Any) -> Any:
         return self._op(x, self.weight, self.scales, self.wsum, self.bias)
 
+    def dense(self) -> Any:
+        """The (out, in) fp32 weights: level * the channel's scale."""
+        return self.weight[:, : self.in_features].to(torch.float32) * self.scales[:, None]
+
     def with_gelu(self) -> Any:
         """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
         op, weight, scales, wsum, bias = self._op, self.weight, self.scales, self.wsum, self.bias
@@ -291,6 +304,10 @@ class HalfLinear:
 
     def __call__(self, x: Any) -> Any:
         return self._op(x, self.weight, self.bias)
+
+    def dense(self) -> Any:
+        """The (out, in) weights as fp32."""
+        return self.weight[:, : self.in_features].to(torch.float32)
 
     def with_gelu(self) -> Any:
         """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
@@ -334,6 +351,10 @@ class CompactLinear:
         op, bias = self._op, self.bias
         data, table, exceptions = self.data, self.table, self.exceptions
         return lambda x: op(x, data, table, exceptions, bias, "gelu")
+
+    def dense(self) -> Any:
+        """The (out, in) weights as fp32."""
+        return self.unpacked().to(torch.float32)
 
     def unpacked(self) -> Any:
         """The (out, in) bf16 weights, bit for bit the ones packed."""

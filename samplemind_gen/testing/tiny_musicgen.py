@@ -12,6 +12,16 @@ WORDS = (  # noqa: SIM905 - words read better as one string
     "cinematic texture field recording foley rain wind orchestral epic trap boom bap reggae funk"
 ).split()
 
+# Words of everyday prompts, learnt as whole tokens by the real-architecture checkpoints'
+# tokenizer, so that a prompt costs about as many tokens as with t5-base's (which splits rarer
+# words into two or three pieces); the tiny checkpoints keep their 200-token vocabulary.
+PROMPT_WORDS = (  # noqa: SIM905
+    "with a an the and of in on for to from at by deep heavy soft lush crackle beat beats drum "
+    "vocal vocals energetic chill happy sad upbeat dreamy 80s 90s retro sound music track song "
+    "analog distorted clean reverb delay lead arp sub bassline tempo key tape hiss saturated "
+    "rhythm percussion lofi"
+).split()
+
 
 @dataclass(frozen=True)
 class MusicGenSize:
@@ -50,8 +60,9 @@ SMALL = MusicGenSize(
 )
 
 
-def train_t5_tokenizer(vocab_size: int = 200):  # type: ignore[no-untyped-def]
-    """A T5-style tokenizer trained locally with `tokenizers` (no sentencepiece, no Hub)."""
+def train_t5_tokenizer(vocab_size: int = 200, words: list[str] = WORDS):  # type: ignore[no-untyped-def]
+    """A T5-style tokenizer trained locally with `tokenizers` (no sentencepiece, no Hub) on
+    sentences of `words`."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import UnigramTrainer
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]
@@ -63,7 +74,8 @@ def train_t5_tokenizer(vocab_size: int = 200):  # type: ignore[no-untyped-def]
     trainer = UnigramTrainer(
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
     )
-    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    words = list(words)
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
@@ -96,7 +108,7 @@ def build_musicgen(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = train_t5_tokenizer(min(size.t5_vocab, 200))
+    tokenizer = checkpoint_tokenizer(size)
     channels = 2 if stereo else 1
     codebooks = size.codebooks * channels
     text = T5Config(
@@ -154,9 +166,52 @@ def build_musicgen(
     model.generation_config.do_sample = True
     model.generation_config.guidance_scale = 3.0
     model.save_pretrained(folder, safe_serialization=True)
+    save_processor(folder, tokenizer)
+    return folder
+
+
+def checkpoint_tokenizer(size: MusicGenSize):  # type: ignore[no-untyped-def]
+    """The tokenizer of a checkpoint of `size`: the tiny 200-token one, or for the real
+    architecture a Unigram vocabulary of whole prompt words (`WORDS`, `PROMPT_WORDS`) with single
+    characters to fall back on."""
+    if size == TINY:
+        return train_t5_tokenizer(min(size.t5_vocab, 200))
+    return word_tokenizer([*WORDS, *PROMPT_WORDS])
+
+
+def word_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
+    """A T5-style Unigram tokenizer that reads each of `words` as one token and anything else
+    character by character."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + w, -5.0) for w in dict.fromkeys(words)]
+    chars = string.ascii_lowercase + string.digits + ",.-'!?"
+    pieces += [("\u2581", -8.0)] + [(c, -10.0) for c in chars] + [("\u2581" + c, -10.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tok,
+        extra_ids=0,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+
+
+def save_processor(folder: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """MusicGen's processor (EnCodec's feature extractor and `tokenizer`) into `folder`."""
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+
     processor = MusicgenProcessor(
         feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
         tokenizer=tokenizer,
     )
     processor.save_pretrained(folder)
-    return folder

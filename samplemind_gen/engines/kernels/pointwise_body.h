@@ -85,3 +85,29 @@ inline void to_bf16(const float* src, uint16_t* dst, int64_t n) {
   for (; i + Vec::W <= n; i += Vec::W) Vec::store(dst + i, Vec::load(src + i));
   for (; i < n; ++i) dst[i] = bf16_bits(src[i]);
 }
+
+// Softmax of n scores in place (fp32), the exp above: the prompt weights of a folded
+// cross-attention (step_ops.cpp `folded_cross`).
+inline void softmax_inplace(float* s, int64_t n) {
+  using R = typename Vec::R;
+  float top = -__builtin_inff();
+  for (int64_t t = 0; t < n; ++t) top = s[t] > top ? s[t] : top;
+  float sum = 0.0f;
+  int64_t t = 0;
+  if (n >= Vec::W) {
+    R total = Vec::zero();
+    const R shift = Vec::set1(top);
+    for (; t + Vec::W <= n; t += Vec::W) {
+      const R p = exp_nonpositive(Vec::sub(Vec::load(s + t), shift));
+      total = Vec::add(total, p);
+      Vec::store(s + t, p);
+    }
+    sum = Vec::hsum(total);
+  }
+  for (; t < n; ++t) {
+    s[t] = exp_nonpositive(s[t] - top);
+    sum += s[t];
+  }
+  const float inv = 1.0f / sum;
+  for (t = 0; t < n; ++t) s[t] *= inv;
+}

@@ -267,6 +267,48 @@ at::Tensor packed_linear(int64_t kind, const at::Tensor* t, const at::Tensor& x,
 
 namespace {
 
+at::Tensor as_fp32(const at::Tensor& y) {
+  if (y.scalar_type() == at::kFloat) return y;
+  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous(), "folded_cross: fp32 or bf16");
+  at::Tensor out = at::empty(y.sizes(), y.options().dtype(at::kFloat));
+  const uint16_t* src = static_cast<const uint16_t*>(y.data_ptr());
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0; i < y.numel(); ++i) dst[i] = std::bit_cast<float>(static_cast<uint32_t>(src[i]) << 16);
+  return out;
+}
+
+// A cross-attention block (q projection, attention over the prompt, output projection) folded
+// into two small linears for one prompt (CachedDecoder._folded_cross): scores = y A^T + c, one
+// per (head, prompt token); each head's softmax over its tokens, zeros in rows without the prompt
+// (guidance's unconditional rows: all padding, as the attention gives them); then those weights
+// times B^T + the output projection's bias. `f`: the two linears' 4 tensors each (half_linear:
+// bf16 weights, fp32 bias). Returns (rows, 1, hidden) in y's dtype.
+at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, const at::Tensor& prompted,
+                        int64_t heads) {
+  using samplemind_kernels::packed_linear;
+  at::Tensor scores = packed_linear(samplemind_kernels::kLinearHalf, f, as_fp32(y), false);
+  const int64_t rows = prompted.numel();
+  const int64_t width = scores.size(-1);
+  TORCH_CHECK(scores.numel() == rows * width && width % heads == 0 && prompted.scalar_type() == at::kFloat,
+              "folded_cross: rows x heads * tokens scores, an fp32 flag per row");
+  const int64_t tokens = width / heads;
+  float* s = scores.data_ptr<float>();
+  const float* on = prompted.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * width;
+    if (on[r] == 0.0f) {
+      std::fill(row, row + width, 0.0f);
+      continue;
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      if (wide()) avx512::softmax_inplace(row + h * tokens, tokens);
+      else avx2::softmax_inplace(row + h * tokens, tokens);
+    }
+  }
+  const at::Tensor out = packed_linear(samplemind_kernels::kLinearHalf, f + 4, scores, false);
+  return finish(out, y.scalar_type());
+}
+
 // Every decoder layer of one decode step in one call: per layer the same ops, in the same order,
 // as CachedDecoder._step_native calls one by one from Python (so the same numbers), without ~11
 // Python calls and dispatches a layer (~2-3 us each: ~0.6 ms of a step). Per layer, `kinds` has
@@ -275,19 +317,25 @@ namespace {
 // cross-attention and after the feed-forward: the next layer's first norm, or the final one),
 // `caches` 6 (keys, values, key scales, value scales, the prompt's keys and values; empty scale
 // tensors for caches that are not int8) and `eps` 3. x is the residual stream, y its first norm;
-// returns the last layer's (x, y).
+// returns the last layer's (x, y). With `folded` (8 tensors a layer) and `prompted` (an fp32 flag
+// a row), each cross-attention block runs as `folded_cross` instead of the q projection, the
+// attention over the prompt and the output projection.
 std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const at::Tensor& y_in,
                                                   at::TensorList params, at::IntArrayRef kinds,
                                                   at::TensorList caches,
                                                   const std::optional<at::Tensor>& cross_mask,
                                                   int64_t position, double scale,
-                                                  at::ArrayRef<double> eps) {
+                                                  at::ArrayRef<double> eps, at::TensorList folded,
+                                                  const std::optional<at::Tensor>& prompted) {
   const int64_t layers = static_cast<int64_t>(kinds.size()) / 6;
   TORCH_CHECK(static_cast<int64_t>(kinds.size()) == 6 * layers &&
                   static_cast<int64_t>(params.size()) == 30 * layers &&
                   static_cast<int64_t>(caches.size()) == 6 * layers &&
                   static_cast<int64_t>(eps.size()) == 3 * layers,
               "decoder_layers: per layer 6 kinds, 30 params, 6 caches and 3 eps");
+  TORCH_CHECK(folded.empty() || (static_cast<int64_t>(folded.size()) == 8 * layers &&
+                                 prompted.has_value() && prompted->numel() == x_in.numel() / x_in.size(-1)),
+              "decoder_layers: folded cross-attention needs 8 tensors a layer and a flag per row");
   const auto some = [](const at::Tensor& t) {
     return t.defined() && t.numel() > 0 ? std::optional<at::Tensor>(t) : std::nullopt;
   };
@@ -302,10 +350,14 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
                                         some(c[2]), some(c[3]), position, scale);
     std::tie(x, y) = add_layer_norm(x, packed_linear(k[1], p + 4, a, false), p[24], p[25],
                                     eps[3 * l]);
-    const at::Tensor q = packed_linear(k[2], p + 8, y, false);
-    const at::Tensor crossed = cross_attention(q, c[4], c[5], cross_mask, scale);
-    std::tie(x, y) = add_layer_norm(x, packed_linear(k[3], p + 12, crossed, false), p[26],
-                                    p[27], eps[3 * l + 1]);
+    at::Tensor o2;
+    if (!folded.empty()) {  // one prompt's cross-attention as two small linears
+      o2 = folded_cross(y, folded.data() + 8 * l, *prompted, c[4].size(1));
+    } else {
+      const at::Tensor q = packed_linear(k[2], p + 8, y, false);
+      o2 = packed_linear(k[3], p + 12, cross_attention(q, c[4], c[5], cross_mask, scale), false);
+    }
+    std::tie(x, y) = add_layer_norm(x, o2, p[26], p[27], eps[3 * l + 1]);
     const at::Tensor h = packed_linear(k[4], p + 16, y, true);
     std::tie(x, y) = add_layer_norm(x, packed_linear(k[5], p + 20, h, false), p[28], p[29],
                                     eps[3 * l + 2]);
@@ -396,7 +448,8 @@ TORCH_LIBRARY_FRAGMENT(samplemind, m) {
   m.def("add_layer_norm(Tensor x, Tensor delta, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
   m.def(
       "decoder_layers(Tensor x, Tensor y, Tensor[] params, int[] kinds, Tensor(a!)[] caches, "
-      "Tensor? cross_mask, int position, float scale, float[] eps) -> (Tensor, Tensor)");
+      "Tensor? cross_mask, int position, float scale, float[] eps, Tensor[] folded, "
+      "Tensor? prompted=None) -> (Tensor, Tensor)");
   m.def(
       "embed_frame(Tensor ids, Tensor[] tables, Tensor positions, int position, Tensor weight, "
       "Tensor bias, float eps) -> (Tensor, Tensor)");
