@@ -23,7 +23,8 @@ bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel
 (`SAMPLEMIND_GEN_AMX=0`; only CPUs with AMX differ), "bf16-perop" / "int8-perop": the step ops
 called one by one from Python instead of every decoder layer in one call (`decoder_layers`),
 "bf16-nocompact": bf16 weights in their 16 bits (`half_linear`) instead of 12 (`compact_linear`,
-lossless; CPUs with AVX512-BF16). `--takes 4` makes each call a batch of 4 takes.
+lossless; CPUs with AVX512-BF16), "-nofold" variants of bf16, int8 and int4: the prompt's
+cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0). `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -65,6 +66,10 @@ MODES = (
     "int8-noamx",
     # bf16 weights in their 16 bits instead of compact (12 bits, lossless)
     "bf16-nocompact",
+    # cross-attention over the prompt as attention, not folded into two small linears
+    "bf16-nofold",
+    "int8-nofold",
+    "int4-nofold",
     # the step ops called one by one from Python instead of all layers in one call
     "bf16-perop",
     "int8-perop",
@@ -170,6 +175,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             os.environ["SAMPLEMIND_GEN_AMX"] = "0"
         if variant == "nocompact":  # bf16 weights in 16 bits (half_linear)
             os.environ["SAMPLEMIND_GEN_COMPACT_BF16"] = "0"
+        if variant == "nofold":  # the prompt's cross-attention not folded into two linears
+            os.environ["SAMPLEMIND_GEN_FOLD_CROSS"] = "0"
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
             from samplemind_gen.engines import musicgen_quant
 

@@ -357,7 +357,7 @@ class CachedDecoder:
         bf16) of projection weights. Folded only where that reads fewer bytes."""
         import torch
 
-        from samplemind_gen.engines.musicgen_quant import pad_inputs
+        from samplemind_gen.engines.musicgen_quant import int8_pack, pad_inputs
 
         rows, length = states.shape[0], states.shape[1]
         if mask is None:
@@ -380,7 +380,6 @@ class CachedDecoder:
             return None  # several prompts: each row its own A and B, more bytes than shared weights
         tokens = int(keep.sum())
         width = self.heads * tokens
-        folded_bytes = 2 * (width * self.hidden + self.hidden * (-(-width // 64) * 64))
         empty = torch.empty(0)
         folded: list[Any] = []
         for layer, (k, v) in zip(self.layers, self._cross, strict=True):
@@ -390,12 +389,6 @@ class CachedDecoder:
             specs = [_kernel_spec(q_kernel), _kernel_spec(o_kernel)]
             if any(spec is None for spec in specs) or not hasattr(q_kernel, "dense"):
                 return None
-            weight_bytes = sum(
-                t.numel() * t.element_size() for _, ts in specs for t in ts if t is not None  # type: ignore[union-attr]
-            )
-            prompt_bytes = 2 * k[first].numel() * k.element_size()
-            if folded_bytes >= weight_bytes + prompt_bytes:
-                return None
             kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
             vf = v[first][:, keep].to(torch.float32)
             wq = q_kernel.dense().view(self.heads, self.head_dim, -1)
@@ -404,11 +397,23 @@ class CachedDecoder:
             if q_kernel.bias is not None:
                 bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
                 c = ((kf * bq).sum(-1).reshape(width) * self.scaling).contiguous()
+            if specs[0][0] in (LINEAR_INT8, LINEAR_INT4):  # type: ignore[index]
+                # quantized modes: A in int8 (the activations are quantized as for Wq); B stays
+                # bf16, its inputs being the softmax weights
+                folded += [*int8_pack(a), c]
+            else:
+                folded += [pad_inputs(a, torch.bfloat16), empty, empty, c]
             wo = o_kernel.dense()
             b = torch.einsum("nhd,htd->nht", wo.view(wo.shape[0], self.heads, -1), vf)
             bias = empty if o_kernel.bias is None else o_kernel.bias
-            folded += [pad_inputs(a, torch.bfloat16), empty, empty, c]
             folded += [pad_inputs(b.reshape(wo.shape[0], width), torch.bfloat16), empty, empty, bias]
+            if len(folded) == 8:  # the first layer decides for all (they have one shape)
+                weight_bytes = sum(
+                    t.numel() * t.element_size() for _, ts in specs for t in ts if t is not None  # type: ignore[union-attr]
+                )
+                prompt_bytes = 2 * k[first].numel() * k.element_size()
+                if sum(t.numel() * t.element_size() for t in folded) >= weight_bytes + prompt_bytes:
+                    return None
         return folded, prompted.to(torch.float32)
 
     def _native_embed_tables(self) -> list[Any] | None:

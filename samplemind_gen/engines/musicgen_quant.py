@@ -253,6 +253,15 @@ def pad_inputs(weight: Any, dtype: Any, multiple: int = 64) -> Any:
     return padded
 
 
+def int8_pack(weight: Any) -> tuple[Any, Any, Any]:
+    """(out, in) weights -> the int8 kernel's (levels with the inputs padded to a multiple of 64,
+    one fp32 scale per output: max |w| / 127, each output's sum of levels)."""
+    w = weight.to(torch.float32)
+    scales = (w.abs().amax(1).clamp(min=1e-12) / 127).contiguous()
+    q = torch.clamp(torch.round(w / scales[:, None]), -127, 127).to(torch.int8)
+    return pad_inputs(q, torch.int8), scales, q.sum(1, dtype=torch.int32)
+
+
 class Int8Linear:
     """A linear layer with int8 weights (symmetric, one scale per output channel, as
     `quantize_dynamic`'s per-channel config) through samplemind-gen's own kernel
@@ -263,12 +272,7 @@ class Int8Linear:
         require_kernels()
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
-        w = linear.weight.detach().to(torch.float32)
-        n, k = w.shape
-        self.scales = (w.abs().amax(1).clamp(min=1e-12) / 127).contiguous()
-        q = torch.clamp(torch.round(w / self.scales[:, None]), -127, 127).to(torch.int8)
-        self.wsum = q.sum(1, dtype=torch.int32)
-        self.weight = pad_inputs(q, torch.int8)
+        self.weight, self.scales, self.wsum = int8_pack(linear.weight.detach())
         bias = linear.bias
         self.bias = None if bias is None else bias.detach().to(torch.float32)
         self._op = torch.ops.samplemind.int8_linear

@@ -281,12 +281,15 @@ at::Tensor as_fp32(const at::Tensor& y) {
 // into two small linears for one prompt (CachedDecoder._folded_cross): scores = y A^T + c, one
 // per (head, prompt token); each head's softmax over its tokens, zeros in rows without the prompt
 // (guidance's unconditional rows: all padding, as the attention gives them); then those weights
-// times B^T + the output projection's bias. `f`: the two linears' 4 tensors each (half_linear:
-// bf16 weights, fp32 bias). Returns (rows, 1, hidden) in y's dtype.
+// times B^T + the output projection's bias. `f`: the two linears' 4 tensors each, as
+// packed_linear takes them: A int8 (levels, scales, sums, bias) or bf16 (weights, -, -, bias),
+// B bf16. Returns (rows, 1, hidden) in y's dtype.
 at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, const at::Tensor& prompted,
                         int64_t heads) {
   using samplemind_kernels::packed_linear;
-  at::Tensor scores = packed_linear(samplemind_kernels::kLinearHalf, f, as_fp32(y), false);
+  const bool int8 = f[1].defined() && f[1].numel() > 0;  // A int8 (with scales) or bf16
+  at::Tensor scores = int8 ? packed_linear(samplemind_kernels::kLinearInt8, f, as_fp32(y), false)
+                           : packed_linear(samplemind_kernels::kLinearHalf, f, as_fp32(y), false);
   const int64_t rows = prompted.numel();
   const int64_t width = scores.size(-1);
   TORCH_CHECK(scores.numel() == rows * width && width % heads == 0 && prompted.scalar_type() == at::kFloat,
