@@ -57,7 +57,10 @@ def _logits(decoder, states, mask, fold: bool, steps: int = 12) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     rows = states.shape[0] * decoder.codebooks
     out = torch.stack(
-        [decoder.step(torch.randint(0, 64, (rows, 1), generator=gen), p).float() for p in range(steps)]
+        [
+            decoder.step(torch.randint(0, 64, (rows, 1), generator=gen), p).float()
+            for p in range(steps)
+        ]
     )
     decoder.end()
     return out

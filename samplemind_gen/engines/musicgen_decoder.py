@@ -357,8 +357,6 @@ class CachedDecoder:
         bf16) of projection weights. Folded only where that reads fewer bytes."""
         import torch
 
-        from samplemind_gen.engines.musicgen_quant import int8_pack, pad_inputs
-
         rows, length = states.shape[0], states.shape[1]
         if mask is None:
             attends = torch.ones((rows, length), dtype=torch.bool)
@@ -378,43 +376,73 @@ class CachedDecoder:
             (states[others][:, keep] == states[first, keep]).all()
         ):
             return None  # several prompts: each row its own A and B, more bytes than shared weights
-        tokens = int(keep.sum())
-        width = self.heads * tokens
-        empty = torch.empty(0)
-        folded: list[Any] = []
-        for layer, (k, v) in zip(self.layers, self._cross, strict=True):
-            ca = layer.encoder_attn
-            q_kernel = getattr(ca.q_proj, "kernel", None)
-            o_kernel = getattr(ca.out_proj, "kernel", None)
-            specs = [_kernel_spec(q_kernel), _kernel_spec(o_kernel)]
-            if any(spec is None for spec in specs) or not hasattr(q_kernel, "dense"):
+        parts = self._fold_layer(0, first, keep)
+        if parts is None:
+            return None
+        a_and_b, replaced = parts
+        if sum(t.numel() * t.element_size() for t in a_and_b) >= replaced:
+            return None  # the first layer decides for all: they have one shape
+        # The other layers' A and B allocated before their weights are dequantized, so each
+        # layer's temporaries reuse the same heap blocks (between the results they had grown
+        # the heap by ~100 MB); trimmed after.
+        stored = (0, 1, 2, 4)  # A's weights (its scales and sums if int8), B's weights
+        results = [a_and_b] + [
+            [torch.empty_like(t) if i in stored else t for i, t in enumerate(a_and_b)]
+            for _ in self.layers[1:]
+        ]
+        for index in range(1, len(self.layers)):
+            parts = self._fold_layer(index, first, keep)
+            if parts is None:
                 return None
-            kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
-            vf = v[first][:, keep].to(torch.float32)
-            wq = q_kernel.dense().view(self.heads, self.head_dim, -1)
-            a = torch.einsum("htd,hdk->htk", kf, wq).reshape(width, -1) * self.scaling
-            c = empty
-            if q_kernel.bias is not None:
-                bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
-                c = ((kf * bq).sum(-1).reshape(width) * self.scaling).contiguous()
-            if specs[0][0] in (LINEAR_INT8, LINEAR_INT4):  # type: ignore[index]
-                # quantized modes: A in int8 (the activations are quantized as for Wq); B stays
-                # bf16, its inputs being the softmax weights
-                folded += [*int8_pack(a), c]
-            else:
-                folded += [pad_inputs(a, torch.bfloat16), empty, empty, c]
-            wo = o_kernel.dense()
-            b = torch.einsum("nhd,htd->nht", wo.view(wo.shape[0], self.heads, -1), vf)
-            bias = empty if o_kernel.bias is None else o_kernel.bias
-            folded += [pad_inputs(b.reshape(wo.shape[0], width), torch.bfloat16), empty, empty, bias]
-            if len(folded) == 8:  # the first layer decides for all (they have one shape)
-                weight_bytes = sum(
-                    t.numel() * t.element_size() for _, ts in specs for t in ts if t is not None  # type: ignore[union-attr]
-                )
-                prompt_bytes = 2 * k[first].numel() * k.element_size()
-                if sum(t.numel() * t.element_size() for t in folded) >= weight_bytes + prompt_bytes:
-                    return None
-        return folded, prompted.to(torch.float32)
+            for i, t in enumerate(parts[0]):
+                if i in stored:
+                    results[index][i].copy_(t)
+                else:
+                    results[index][i] = t
+        from samplemind_gen.engines.musicgen_quant import trim_heap
+
+        trim_heap()
+        return [t for layer in results for t in layer], prompted.to(torch.float32)
+
+    def _fold_layer(self, index: int, first: int, keep: Any) -> tuple[list[Any], int] | None:
+        """Layer `index`'s folded cross-attention for prompt row `first` (its unmasked tokens
+        `keep`): A's and B's 4 tensors each as `decoder_layers` takes them, and the bytes a step
+        they replace (both projections' weights, the prompt's keys and values); None when a
+        projection is not one of samplemind-gen's kernels."""
+        import torch
+
+        from samplemind_gen.engines.musicgen_quant import int8_pack, pad_inputs
+
+        ca = self.layers[index].encoder_attn
+        k, v = self._cross[index]
+        q_kernel: Any = getattr(ca.q_proj, "kernel", None)
+        o_kernel: Any = getattr(ca.out_proj, "kernel", None)
+        q_spec, o_spec = _kernel_spec(q_kernel), _kernel_spec(o_kernel)
+        if q_spec is None or o_spec is None or not hasattr(q_kernel, "dense"):
+            return None
+        empty = torch.empty(0)
+        kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
+        vf = v[first][:, keep].to(torch.float32)
+        width = kf.shape[0] * kf.shape[1]
+        wq = q_kernel.dense().view(self.heads, self.head_dim, -1)
+        a = torch.einsum("htd,hdk->htk", kf, wq).reshape(width, -1) * self.scaling
+        c = empty
+        if q_kernel.bias is not None:
+            bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
+            c = ((kf * bq).sum(-1).reshape(width) * self.scaling).contiguous()
+        if q_spec[0] in (LINEAR_INT8, LINEAR_INT4):
+            # quantized modes: A in int8 (the activations are quantized as for Wq); B stays
+            # bf16, its inputs being the softmax weights
+            parts = [*int8_pack(a), c]
+        else:
+            parts = [pad_inputs(a, torch.bfloat16), empty, empty, c]
+        wo = o_kernel.dense()
+        b = torch.einsum("nhd,htd->nht", wo.view(wo.shape[0], self.heads, -1), vf)
+        bias = empty if o_kernel.bias is None else o_kernel.bias
+        parts += [pad_inputs(b.reshape(wo.shape[0], width), torch.bfloat16), empty, empty, bias]
+        weights = [t for t in q_spec[1] + o_spec[1] if t is not None]
+        replaced = sum(t.numel() * t.element_size() for t in weights)
+        return parts, replaced + 2 * k[first].numel() * k.element_size()
 
     def _native_embed_tables(self) -> list[Any] | None:
         """The codebooks' embedding tables, as `embed_frame` takes them (fp32 or bf16, alike),

@@ -97,11 +97,9 @@ def build_musicgen(
     import torch
     from transformers import (
         EncodecConfig,
-        EncodecFeatureExtractor,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
-        MusicgenProcessor,
         T5Config,
     )
 
@@ -190,12 +188,16 @@ def word_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [("\u2581" + w, -5.0) for w in dict.fromkeys(words)]
     chars = string.ascii_lowercase + string.digits + ",.-'!?"
-    pieces += [("\u2581", -8.0)] + [(c, -10.0) for c in chars] + [("\u2581" + c, -10.0) for c in chars]
+    pieces += (
+        [("\u2581", -8.0)] + [(c, -10.0) for c in chars] + [("\u2581" + c, -10.0) for c in chars]
+    )
     tok = Tokenizer(models.Unigram(pieces, unk_id=2))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
     return T5TokenizerFast(
         tokenizer_object=tok,
         extra_ids=0,
