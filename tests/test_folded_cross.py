@@ -135,3 +135,25 @@ def test_dense_weights_are_what_the_kernels_multiply_by(wide_musicgen: Path, mod
     if kernel.bias is not None:
         out = out - kernel.bias
     assert _err(out, kernel.dense().T) < 1e-3
+
+
+@needs_kernels
+def test_a_prompt_again_reuses_its_folded_weights(wide_musicgen: Path):
+    """Regenerating a prompt (new seeds, more variations) reuses the fold built for it, with
+    the same logits as a fresh build; a new prompt builds its own."""
+    decoder = _decoder(wide_musicgen, "bf16")
+    states, mask = _guided_inputs(256)
+    first = _logits(decoder, states, mask, fold=True)
+    kept = decoder._fold_cache
+    assert kept is not None
+    variations, variations_mask = _guided_inputs(256, takes=4)  # the same prompt, 4 takes
+    decoder.begin(variations, variations_mask, 4)
+    assert decoder.folded and decoder._fold_cache is kept
+    decoder.end()
+    assert torch.equal(_logits(decoder, states, mask, fold=True), first)
+    other = states.clone()
+    other[0] += 1.0
+    decoder.begin(other, mask, 4)
+    assert decoder.folded and decoder._fold_cache is not kept
+    decoder._fold_cache = None  # a fresh build gives the same logits as the reused one
+    assert torch.equal(_logits(decoder, states, mask, fold=True), first)

@@ -80,6 +80,9 @@ class CachedDecoder:
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
         self.fold_cross = os.environ.get("SAMPLEMIND_GEN_FOLD_CROSS", "1") not in ("0", "off")
         self.folded = False
+        # The last prompt's folded weights (its encoder states, the tensors), kept across takes:
+        # regenerating a prompt with new seeds skips the ~45 ms build (~20 MB for musicgen-small).
+        self._fold_cache: tuple[Any, list[Any]] | None = None
 
     @property
     def dtype(self) -> Any:
@@ -376,6 +379,26 @@ class CachedDecoder:
             (states[others][:, keep] == states[first, keep]).all()
         ):
             return None  # several prompts: each row its own A and B, more bytes than shared weights
+        prompt = states[first, keep]
+        cached = self._fold_cache
+        if (
+            cached is not None
+            and cached[0].shape == prompt.shape
+            and torch.equal(cached[0], prompt)
+        ):
+            return cached[1], prompted.to(torch.float32)  # the same prompt, new seeds
+        self._fold_cache = None
+        folded = self._fold(first, keep)
+        if folded is None:
+            return None
+        self._fold_cache = (prompt.clone(), folded)
+        return folded, prompted.to(torch.float32)
+
+    def _fold(self, first: int, keep: Any) -> list[Any] | None:
+        """Every layer's A and B (`_folded_cross`) for prompt row `first`, or None where they
+        would read more bytes than the projections they replace."""
+        import torch
+
         parts = self._fold_layer(0, first, keep)
         if parts is None:
             return None
@@ -402,7 +425,7 @@ class CachedDecoder:
         from samplemind_gen.engines.musicgen_quant import trim_heap
 
         trim_heap()
-        return [t for layer in results for t in layer], prompted.to(torch.float32)
+        return [t for layer in results for t in layer]
 
     def _fold_layer(self, index: int, first: int, keep: Any) -> tuple[list[Any], int] | None:
         """Layer `index`'s folded cross-attention for prompt row `first` (its unmasked tokens
