@@ -87,16 +87,55 @@ def test_the_folded_step_is_as_close_to_fp32_as_the_attention_it_replaces(
 
 
 @needs_kernels
-def test_variations_of_one_prompt_fold_and_different_prompts_do_not(wide_musicgen: Path):
+def test_each_prompt_of_a_batch_folds_on_its_own(wide_musicgen: Path):
     decoder = _decoder(wide_musicgen, "int8")
     states, mask = _guided_inputs(256, takes=4)  # --variations 4: one prompt, four seeds
     decoder.begin(states, mask, 4)
     assert decoder.folded
+    assert decoder._layers_call[5].tolist() == [0, 0, 0, 0, -1, -1, -1, -1]
     decoder.end()
-    states, mask = _guided_inputs(256, takes=2, prompts=2)
+    states, mask = _guided_inputs(256, takes=3, prompts=2)
     decoder.begin(states, mask, 4)
-    assert not decoder.folded and decoder._layers_call is not None
+    assert decoder.folded
+    assert decoder._layers_call[5].tolist() == [0, 1, 0, -1, -1, -1]
+    assert len(decoder._layers_call[4]) == 2 * 8 * len(decoder.layers)
     decoder.end()
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+@needs_kernels
+def test_a_take_steps_the_same_alone_and_among_other_prompts(wide_musicgen: Path, mode: str):
+    """A take's logits do not depend on the rest of its batch: prompts that fold (each its own
+    A and B), a prompt too long to fold (its attention on its rows alone), padding."""
+    decoder = _decoder(wide_musicgen, mode)
+    gen = torch.Generator().manual_seed(5)
+    short, other, long = (torch.randn(n, 256, generator=gen) for n in (5, 7, 80))
+    alone_states, alone_mask = torch.zeros(2, 5, 256), torch.zeros(2, 5, dtype=torch.long)
+    alone_states[0], alone_mask[0] = short, 1
+    batch_states, batch_mask = torch.zeros(6, 80, 256), torch.zeros(6, 80, dtype=torch.long)
+    for row, prompt in enumerate((long, short, other)):
+        batch_states[row, : len(prompt)], batch_mask[row, : len(prompt)] = prompt, 1
+
+    def steps(states, mask, rows: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        decoder.begin(states, mask, 6)
+        picked = []
+        gen = torch.Generator().manual_seed(1)
+        codes = torch.randint(0, 64, (6, 2, decoder.codebooks), generator=gen)
+        for p in range(6):
+            ids = torch.zeros(states.shape[0], decoder.codebooks, dtype=torch.long)
+            ids[rows] = codes[p]
+            logits = decoder.step(ids.reshape(-1, 1), p).reshape(
+                states.shape[0], decoder.codebooks, -1
+            )
+            picked.append(logits[rows])
+        groups = decoder._layers_call[5].tolist()
+        decoder.end()
+        return torch.stack(picked), groups
+
+    alone, alone_groups = steps(alone_states, alone_mask, [0, 1])
+    batched, batch_groups = steps(batch_states, batch_mask, [1, 4])
+    assert alone_groups == [0, -1] and batch_groups == [-2, 0, 1, -1, -1, -1]
+    assert torch.equal(alone, batched)
 
 
 @needs_kernels
@@ -144,16 +183,15 @@ def test_a_prompt_again_reuses_its_folded_weights(wide_musicgen: Path):
     decoder = _decoder(wide_musicgen, "bf16")
     states, mask = _guided_inputs(256)
     first = _logits(decoder, states, mask, fold=True)
-    kept = decoder._fold_cache
-    assert kept is not None
+    [(_, kept)] = decoder._fold_cache
     variations, variations_mask = _guided_inputs(256, takes=4)  # the same prompt, 4 takes
     decoder.begin(variations, variations_mask, 4)
-    assert decoder.folded and decoder._fold_cache is kept
+    assert decoder.folded and decoder._fold_cache[0][1] is kept
     decoder.end()
     assert torch.equal(_logits(decoder, states, mask, fold=True), first)
     other = states.clone()
     other[0] += 1.0
     decoder.begin(other, mask, 4)
-    assert decoder.folded and decoder._fold_cache is not kept
-    decoder._fold_cache = None  # a fresh build gives the same logits as the reused one
+    assert decoder.folded and decoder._fold_cache[0][1] is not kept
+    decoder._fold_cache = []  # a fresh build gives the same logits as the reused one
     assert torch.equal(_logits(decoder, states, mask, fold=True), first)

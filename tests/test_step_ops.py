@@ -387,6 +387,7 @@ def test_the_one_call_step_gives_the_per_op_steps_logits_exactly(
     if mode == "bf16-16bit":
         monkeypatch.setenv("SAMPLEMIND_GEN_COMPACT_BF16", "0")
     decoder, states, mask, ids = _packed_decoder_and_inputs(tiny_musicgen, mode.split("-")[0])
+    decoder.fold_cross = False  # the per-op step attends; the folded step: test_folded_cross.py
 
     def logits(one_call: bool, int8_cache: bool) -> list[torch.Tensor]:
         decoder.one_call, decoder.int8_cache = one_call, int8_cache

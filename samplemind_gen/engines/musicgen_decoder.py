@@ -80,9 +80,9 @@ class CachedDecoder:
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
         self.fold_cross = os.environ.get("SAMPLEMIND_GEN_FOLD_CROSS", "1") not in ("0", "off")
         self.folded = False
-        # The last prompt's folded weights (its encoder states, the tensors), kept across takes:
+        # The last take's folded prompts (encoder states, A and B), kept across takes:
         # regenerating a prompt with new seeds skips the ~45 ms build (~20 MB for musicgen-small).
-        self._fold_cache: tuple[Any, list[Any]] | None = None
+        self._fold_cache: list[tuple[Any, list[Any]]] = []
 
     @property
     def dtype(self) -> Any:
@@ -346,18 +346,22 @@ class CachedDecoder:
         return params, kinds, caches, eps, [], None
 
     def _folded_cross(self, states: Any, mask: Any) -> tuple[list[Any], Any] | None:
-        """`decoder_layers`' (folded, prompted) arguments when every row that attends to the
-        prompt attends to the same one (a single take, or variations of one prompt; guidance's
-        unconditional rows attend to nothing), else None.
+        """`decoder_layers`' (folded, prompted) arguments: per layer, A's and B's 4 tensors each
+        for every prompt that folds, and each row's prompt (int64: its index among them; -1 for
+        rows that attend to nothing, guidance's unconditional rows; -2 for a prompt that reads
+        fewer bytes as attention). None when no row's prompt folds.
 
-        With the prompt's keys K and values V fixed for the take, a layer's cross-attention
-        block is linear in them: per head h and prompt token t, q_h . K[h, t] * scale =
-        y . A[h, t] + c[h, t] with A[h, t] = scale * Wq_h^T K[h, t] (c from q's bias), and the
-        output projection of the softmax-weighted values is sum p[h, t] B[h, t] + bias with
-        B[h, t] = Wo_h V[h, t]. So the q projection, the attention over the prompt and the
-        output projection become two linears of heads x tokens rows (bf16 weights, fp32 sums):
-        a 15-token prompt's A and B are 1 MB a layer against 2 MB (int8) or 3 MB (compact
-        bf16) of projection weights. Folded only where that reads fewer bytes."""
+        With a prompt's keys K and values V fixed for the take, a layer's cross-attention block
+        is linear in them: per head h and prompt token t, q_h . K[h, t] * scale = y . A[h, t] +
+        c[h, t] with A[h, t] = scale * Wq_h^T K[h, t] (c from q's bias), and the output
+        projection of the softmax-weighted values is sum p[h, t] B[h, t] + bias with B[h, t] =
+        Wo_h V[h, t]. So the q projection, the attention over the prompt and the output
+        projection become two linears of heads x tokens rows: a 14-token prompt's A and B are
+        0.75-1 MB a layer against 2 MB (int8) or 3 MB (compact bf16) of projection weights.
+        Whether a prompt folds depends on its length alone, and each row is computed from its
+        own rows, so a take comes out the same alone and in a batch of other prompts (each
+        prompt its own A and B: a batch of different prompts reads more bytes than with the
+        shared weights, the price of that)."""
         import torch
 
         rows, length = states.shape[0], states.shape[1]
@@ -369,30 +373,43 @@ class CachedDecoder:
             attends = mask == 0
             if not bool((attends | (mask == float("-inf"))).all()):
                 return None  # a mask of other values: attention's own way
-        prompted = attends.any(1)
-        if not bool(prompted.any()):
+        groups = [-1] * rows
+        prompts: list[tuple[Any, int]] = []  # (its encoder states, its group)
+        folds: list[tuple[Any, list[Any]]] = []  # (its encoder states, its A and B)
+        for row in range(rows):
+            keep = attends[row]
+            if not bool(keep.any()):
+                continue
+            prompt = states[row, keep]
+            same = [g for p, g in prompts if p.shape == prompt.shape and torch.equal(p, prompt)]
+            if same:
+                groups[row] = same[0]
+                continue
+            folded = next(
+                (
+                    f
+                    for p, f in self._fold_cache
+                    if p.shape == prompt.shape and torch.equal(p, prompt)
+                ),
+                None,
+            )
+            if folded is None:
+                folded = self._fold(row, keep)
+            if folded is None:
+                group = -2
+            else:
+                group = len(folds)
+                folds.append((prompt.clone(), folded))
+            prompts.append((prompt, group))
+            groups[row] = group
+        self._fold_cache = folds  # a prompt regenerated (new seeds, more variations) reuses them
+        if not folds:
             return None
-        first = int(prompted.nonzero()[0, 0])
-        keep = attends[first]
-        others = prompted.nonzero()[:, 0]
-        if not bool((attends[others] == keep).all()) or not bool(
-            (states[others][:, keep] == states[first, keep]).all()
-        ):
-            return None  # several prompts: each row its own A and B, more bytes than shared weights
-        prompt = states[first, keep]
-        cached = self._fold_cache
-        if (
-            cached is not None
-            and cached[0].shape == prompt.shape
-            and torch.equal(cached[0], prompt)
-        ):
-            return cached[1], prompted.to(torch.float32)  # the same prompt, new seeds
-        self._fold_cache = None
-        folded = self._fold(first, keep)
-        if folded is None:
-            return None
-        self._fold_cache = (prompt.clone(), folded)
-        return folded, prompted.to(torch.float32)
+        layers = len(self.layers)
+        per_layer = [
+            t for layer in range(layers) for _, f in folds for t in f[8 * layer : 8 * layer + 8]
+        ]
+        return per_layer, torch.tensor(groups, dtype=torch.long)
 
     def _fold(self, first: int, keep: Any) -> list[Any] | None:
         """Every layer's A and B (`_folded_cross`) for prompt row `first`, or None where they

@@ -200,6 +200,13 @@ def _build_key(compiler: str) -> str:
     return key.hexdigest()[:16]
 
 
+def _first_error(stderr: str | None) -> str:
+    """The compiler's first error line (its last line is often a caret under source code)."""
+    lines = (stderr or "").strip().splitlines()
+    errors = [line for line in lines if "error" in line]
+    return (errors or lines or ["failed"])[0]
+
+
 def _build(compiler: str) -> Path:
     """The compiled library: from the cache, or built now."""
     library = _library_path(compiler)
@@ -228,7 +235,7 @@ def _build(compiler: str) -> Path:
                 proc.kill()
                 _, err = proc.communicate()
             if proc.returncode != 0:
-                failures.append(err.strip().splitlines()[-1] if err and err.strip() else "failed")
+                failures.append(_first_error(err))
         if failures:
             raise RuntimeError(failures[0])
         tmp = Path(work) / "library.so"
@@ -236,6 +243,6 @@ def _build(compiler: str) -> Path:
             _link_command(compiler, objects, tmp), capture_output=True, text=True, timeout=600
         )
         if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+            raise RuntimeError(_first_error(done.stderr))
         os.replace(tmp, library)
     return library

@@ -277,38 +277,86 @@ at::Tensor as_fp32(const at::Tensor& y) {
   return out;
 }
 
-// A cross-attention block (q projection, attention over the prompt, output projection) folded
-// into two small linears for one prompt (CachedDecoder._folded_cross): scores = y A^T + c, one
-// per (head, prompt token); each head's softmax over its tokens, zeros in rows without the prompt
-// (guidance's unconditional rows: all padding, as the attention gives them); then those weights
-// times B^T + the output projection's bias. `f`: the two linears' 4 tensors each, as
-// packed_linear takes them: A int8 (levels, scales, sums, bias) or bf16 (weights, -, -, bias),
-// B bf16. Returns (rows, 1, hidden) in y's dtype.
-at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, const at::Tensor& prompted,
-                        int64_t heads) {
+// The rows of `t` (first dimension) that `pick` lists: a view where they are one run, else a copy.
+at::Tensor rows_of(const at::Tensor& t, const std::vector<int64_t>& pick) {
+  if (pick.back() - pick.front() + 1 == static_cast<int64_t>(pick.size())) {
+    return t.narrow(0, pick.front(), static_cast<int64_t>(pick.size()));
+  }
+  return t.index_select(0, at::tensor(pick, at::kLong)).contiguous();
+}
+
+// A cross-attention block (q projection, attention over the prompt, output projection) with
+// each row's prompt folded into two small linears where `CachedDecoder._folded_cross` folded
+// it. Per row, `groups` (int64) says which: g >= 0, prompt g's A and B (`f + 8 * g`): scores =
+// y A^T + c, one per (head, prompt token), each head's softmax over its tokens, then those
+// weights times B^T + the output projection's bias; -1, no prompt (guidance's unconditional rows,
+// all padding): the output projection's bias, what the attention gives them; -2, the attention
+// itself (a prompt too long to fold): the q projection `q` (kind `kq`), `cross_attention` over
+// its rows of the prompt's keys and values, the output projection `o` (kind `ko`). Each row is
+// computed from its own rows only, so a take comes out the same alone and in a batch. `f`: 4
+// tensors for A and for B each, as packed_linear takes them: A int8 (levels, scales, sums, bias)
+// or bf16 (weights, -, -, bias), B bf16. Returns (rows, 1, hidden) in y's dtype.
+at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, int64_t count,
+                        const at::Tensor& groups, int64_t heads, int64_t kq, const at::Tensor* q,
+                        int64_t ko, const at::Tensor* o, const at::Tensor& keys,
+                        const at::Tensor& values, const std::optional<at::Tensor>& mask,
+                        double scale) {
   using samplemind_kernels::packed_linear;
-  const bool int8 = f[1].defined() && f[1].numel() > 0;  // A int8 (with scales) or bf16
-  at::Tensor scores = int8 ? packed_linear(samplemind_kernels::kLinearInt8, f, as_fp32(y), false)
-                           : packed_linear(samplemind_kernels::kLinearHalf, f, as_fp32(y), false);
-  const int64_t rows = prompted.numel();
-  const int64_t width = scores.size(-1);
-  TORCH_CHECK(scores.numel() == rows * width && width % heads == 0 && prompted.scalar_type() == at::kFloat,
-              "folded_cross: rows x heads * tokens scores, an fp32 flag per row");
-  const int64_t tokens = width / heads;
-  float* s = scores.data_ptr<float>();
-  const float* on = prompted.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = s + r * width;
-    if (on[r] == 0.0f) {
-      std::fill(row, row + width, 0.0f);
+  const int64_t rows = groups.numel();
+  const int64_t hidden = y.size(-1);
+  TORCH_CHECK(groups.scalar_type() == at::kLong && y.numel() == rows * hidden,
+              "folded_cross: an int64 group a row");
+  const int64_t* g = groups.data_ptr<int64_t>();
+  const at::Tensor yf = as_fp32(y);
+  at::Tensor out = at::empty({rows, 1, hidden}, yf.options());
+  float* op = out.data_ptr<float>();
+  const at::Tensor& bias = o[3];
+  const float* bp = bias.defined() && bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  const auto put = [&](const std::vector<int64_t>& pick, const at::Tensor& part) {
+    const float* src = part.data_ptr<float>();
+    for (size_t i = 0; i < pick.size(); ++i) {
+      std::copy(src + i * hidden, src + (i + 1) * hidden, op + pick[i] * hidden);
+    }
+  };
+  std::vector<int64_t> pick;
+  for (int64_t k = -2; k < count; ++k) {
+    pick.clear();
+    for (int64_t r = 0; r < rows; ++r) {
+      if (g[r] == k) pick.push_back(r);
+    }
+    if (pick.empty()) continue;
+    if (k == -1) {  // no prompt: the output projection of zeros
+      for (const int64_t r : pick) {
+        if (bp) std::copy(bp, bp + hidden, op + r * hidden);
+        else std::fill(op + r * hidden, op + (r + 1) * hidden, 0.0f);
+      }
       continue;
     }
-    for (int64_t h = 0; h < heads; ++h) {
-      if (wide()) avx512::softmax_inplace(row + h * tokens, tokens);
-      else avx2::softmax_inplace(row + h * tokens, tokens);
+    if (k == -2) {  // the attention over the prompt, on these rows alone (as unfolded)
+      const at::Tensor qk = packed_linear(kq, q, rows_of(y, pick), false);
+      std::optional<at::Tensor> mk;
+      if (mask.has_value() && mask->defined()) mk = mask->numel() == keys.size(2) ? *mask : rows_of(*mask, pick);
+      const at::Tensor crossed = cross_attention(qk, rows_of(keys, pick), rows_of(values, pick), mk, scale);
+      put(pick, packed_linear(ko, o, crossed, false).to(at::kFloat));
+      continue;
     }
+    const at::Tensor yk = rows_of(yf, pick);
+    const at::Tensor* a = f + 8 * k;
+    const bool int8 = a[1].defined() && a[1].numel() > 0;  // A int8 (with scales) or bf16
+    at::Tensor scores = packed_linear(int8 ? samplemind_kernels::kLinearInt8 : samplemind_kernels::kLinearHalf,
+                                      a, yk, false);
+    const int64_t width = scores.size(-1);
+    TORCH_CHECK(width % heads == 0, "folded_cross: heads x tokens scores");
+    const int64_t tokens = width / heads;
+    float* s = scores.data_ptr<float>();
+    for (int64_t r = 0; r < static_cast<int64_t>(pick.size()); ++r) {
+      for (int64_t h = 0; h < heads; ++h) {
+        if (wide()) avx512::softmax_inplace(s + r * width + h * tokens, tokens);
+        else avx2::softmax_inplace(s + r * width + h * tokens, tokens);
+      }
+    }
+    put(pick, packed_linear(samplemind_kernels::kLinearHalf, a + 4, scores, false));
   }
-  const at::Tensor out = packed_linear(samplemind_kernels::kLinearHalf, f + 4, scores, false);
   return finish(out, y.scalar_type());
 }
 
@@ -320,9 +368,9 @@ at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, const at::Tens
 // cross-attention and after the feed-forward: the next layer's first norm, or the final one),
 // `caches` 6 (keys, values, key scales, value scales, the prompt's keys and values; empty scale
 // tensors for caches that are not int8) and `eps` 3. x is the residual stream, y its first norm;
-// returns the last layer's (x, y). With `folded` (8 tensors a layer) and `prompted` (an fp32 flag
-// a row), each cross-attention block runs as `folded_cross` instead of the q projection, the
-// attention over the prompt and the output projection.
+// returns the last layer's (x, y). With `folded` (per layer, 8 tensors for each of its prompts)
+// and `prompted` (int64, each row's prompt: `folded_cross`), each cross-attention block runs as
+// `folded_cross`.
 std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const at::Tensor& y_in,
                                                   at::TensorList params, at::IntArrayRef kinds,
                                                   at::TensorList caches,
@@ -336,9 +384,10 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
                   static_cast<int64_t>(caches.size()) == 6 * layers &&
                   static_cast<int64_t>(eps.size()) == 3 * layers,
               "decoder_layers: per layer 6 kinds, 30 params, 6 caches and 3 eps");
-  TORCH_CHECK(folded.empty() || (static_cast<int64_t>(folded.size()) == 8 * layers &&
+  const int64_t count = static_cast<int64_t>(folded.size()) / (8 * (layers > 0 ? layers : 1));
+  TORCH_CHECK(folded.empty() || (static_cast<int64_t>(folded.size()) == 8 * count * layers &&
                                  prompted.has_value() && prompted->numel() == x_in.numel() / x_in.size(-1)),
-              "decoder_layers: folded cross-attention needs 8 tensors a layer and a flag per row");
+              "decoder_layers: folded cross-attention needs 8 tensors a prompt and layer, a group a row");
   const auto some = [](const at::Tensor& t) {
     return t.defined() && t.numel() > 0 ? std::optional<at::Tensor>(t) : std::nullopt;
   };
@@ -354,8 +403,9 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
     std::tie(x, y) = add_layer_norm(x, packed_linear(k[1], p + 4, a, false), p[24], p[25],
                                     eps[3 * l]);
     at::Tensor o2;
-    if (!folded.empty()) {  // one prompt's cross-attention as two small linears
-      o2 = folded_cross(y, folded.data() + 8 * l, *prompted, c[4].size(1));
+    if (!folded.empty()) {  // the prompts' cross-attention as two small linears each
+      o2 = folded_cross(y, folded.data() + 8 * count * l, count, *prompted, c[4].size(1), k[2],
+                        p + 8, k[3], p + 12, c[4], c[5], cross_mask, scale);
     } else {
       const at::Tensor q = packed_linear(k[2], p + 8, y, false);
       o2 = packed_linear(k[3], p + 12, cross_attention(q, c[4], c[5], cross_mask, scale), false);
