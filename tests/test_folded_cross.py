@@ -160,7 +160,8 @@ def test_the_fold_is_left_where_it_reads_more_bytes_or_is_switched_off(
 @pytest.mark.parametrize("mode", ["bf16", "int8", "int4", "fp16"])
 def test_dense_weights_are_what_the_kernels_multiply_by(wide_musicgen: Path, mode: str):
     """Each packed kernel applied to the identity rows gives its `dense()` weights (plus the
-    bias): the weights the fold multiplies the prompt's keys and values by."""
+    bias), and `levels()` times its row scales is them: the weights the fold multiplies the
+    prompt's keys and values by."""
     from samplemind_gen.catalog import resolve_model
     from samplemind_gen.engines import LoadOptions, load_engine
 
@@ -174,6 +175,9 @@ def test_dense_weights_are_what_the_kernels_multiply_by(wide_musicgen: Path, mod
     if kernel.bias is not None:
         out = out - kernel.bias
     assert _err(out, kernel.dense().T) < 1e-3
+    levels, scales = kernel.levels()  # what the fold multiplies in bf16 where that is exact
+    weights = levels.float() * (scales[:, None] if scales is not None else 1.0)
+    assert torch.equal(weights, kernel.dense())
 
 
 @needs_kernels

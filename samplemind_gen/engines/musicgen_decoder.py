@@ -458,28 +458,40 @@ class CachedDecoder:
         q_kernel: Any = getattr(ca.q_proj, "kernel", None)
         o_kernel: Any = getattr(ca.out_proj, "kernel", None)
         q_spec, o_spec = _kernel_spec(q_kernel), _kernel_spec(o_kernel)
-        if q_spec is None or o_spec is None or not hasattr(q_kernel, "dense"):
+        if q_spec is None or o_spec is None or not hasattr(q_kernel, "levels"):
             return None
         empty = torch.empty(0)
         kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
         vf = v[first][:, keep].to(torch.float32)
         width = kf.shape[0] * kf.shape[1]
-        wq = q_kernel.dense().view(self.heads, self.head_dim, -1)
-        a = torch.einsum("htd,hdk->htk", kf, wq).reshape(width, -1) * self.scaling
+        # The products in the weights' own precision where that is exact (bf16 weights, int8
+        # levels in bf16, fp32 sums): ~4x faster than in fp32 (the build was ~50 ms a prompt
+        # in int8, ~100 in compact bf16), the results rounded once as stored.
+        levels, scales = q_kernel.levels()
+        if scales is not None:  # the q projection's per-output scales go with the keys
+            kf = kf * scales.view(self.heads, 1, self.head_dim)
+        wq = levels.view(self.heads, self.head_dim, -1)
+        a = torch.einsum("htd,hdk->htk", kf.to(wq.dtype), wq).reshape(width, -1).float()
+        a *= self.scaling
         c = empty
         if q_kernel.bias is not None:
             bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
-            c = ((kf * bq).sum(-1).reshape(width) * self.scaling).contiguous()
+            c = (
+                (k[first][:, keep].float() * bq).sum(-1).reshape(width) * self.scaling
+            ).contiguous()
         if q_spec[0] in (LINEAR_INT8, LINEAR_INT4):
             # quantized modes: A in int8 (the activations are quantized as for Wq); B stays
             # bf16, its inputs being the softmax weights
             parts = [*int8_pack(a), c]
         else:
             parts = [pad_inputs(a, torch.bfloat16), empty, empty, c]
-        wo = o_kernel.dense()
-        b = torch.einsum("nhd,htd->nht", wo.view(wo.shape[0], self.heads, -1), vf)
+        levels, scales = o_kernel.levels()
+        wo = levels.view(levels.shape[0], self.heads, -1)
+        b = torch.einsum("nhd,htd->nht", wo, vf.to(wo.dtype)).reshape(levels.shape[0], width)
+        if scales is not None:  # the output projection's per-output scales
+            b = b.float() * scales[:, None]
         bias = empty if o_kernel.bias is None else o_kernel.bias
-        parts += [pad_inputs(b.reshape(wo.shape[0], width), torch.bfloat16), empty, empty, bias]
+        parts += [pad_inputs(b, torch.bfloat16), empty, empty, bias]
         weights = [t for t in q_spec[1] + o_spec[1] if t is not None]
         replaced = sum(t.numel() * t.element_size() for t in weights)
         return parts, replaced + 2 * k[first].numel() * k.element_size()

@@ -195,6 +195,11 @@ class Int4Linear:
         op, nibbles, scales, mins, bias = self._op, self.nibbles, self.scales, self.mins, self.bias
         return lambda x: op(x, nibbles, scales, mins, bias, "gelu")
 
+    def levels(self) -> tuple[Any, Any]:
+        """(M, row scales) with the weights = diag(row scales) M: here the fp32 weights, no
+        scales (`Int8Linear.levels`)."""
+        return self.dense(), None
+
     def dense(self) -> Any:
         """The (out, in) fp32 weights the native kernel multiplies by: min + level * scale."""
         n = self.nibbles.shape[0]
@@ -280,6 +285,11 @@ class Int8Linear:
     def __call__(self, x: Any) -> Any:
         return self._op(x, self.weight, self.scales, self.wsum, self.bias)
 
+    def levels(self) -> tuple[Any, Any]:
+        """(M, row scales) with the weights = diag(row scales) M: the levels in bf16 (exact:
+        |level| <= 127) and the per-output scales, for products in bf16 (the fold's)."""
+        return self.weight[:, : self.in_features].to(torch.bfloat16), self.scales
+
     def dense(self) -> Any:
         """The (out, in) fp32 weights: level * the channel's scale."""
         return self.weight[:, : self.in_features].to(torch.float32) * self.scales[:, None]
@@ -312,6 +322,12 @@ class HalfLinear:
     def dense(self) -> Any:
         """The (out, in) weights as fp32."""
         return self.weight[:, : self.in_features].to(torch.float32)
+
+    def levels(self) -> tuple[Any, Any]:
+        """(M, row scales) with the weights = diag(row scales) M: bf16 weights as they are,
+        fp16 ones widened to fp32 (bf16 would round them); no scales."""
+        weight = self.weight[:, : self.in_features]
+        return (weight if weight.dtype == torch.bfloat16 else weight.to(torch.float32)), None
 
     def with_gelu(self) -> Any:
         """A callable for gelu(self(x)) (erf GELU, as F.gelu), applied inside the kernel."""
@@ -359,6 +375,10 @@ class CompactLinear:
     def dense(self) -> Any:
         """The (out, in) weights as fp32."""
         return self.unpacked().to(torch.float32)
+
+    def levels(self) -> tuple[Any, Any]:
+        """(M, row scales) with the weights = diag(row scales) M: the bf16 weights, no scales."""
+        return self.unpacked(), None
 
     def unpacked(self) -> Any:
         """The (out, in) bf16 weights, bit for bit the ones packed."""

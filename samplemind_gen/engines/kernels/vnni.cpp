@@ -1191,21 +1191,23 @@ at::Tensor compact_bf16_unpack(const at::Tensor& data, const at::Tensor& table,
   const uint8_t* tp = table.contiguous().data_ptr<uint8_t>();
   const at::Tensor ex = exceptions.contiguous();
   const int32_t* ep = ex.data_ptr<int32_t>();
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k0 = 0; k0 < Kp; k0 += kCompactGroup) {
-      const uint8_t* group = dp + n * compact_row_bytes(Kp) + k0 / kCompactGroup * 192;
-      for (int64_t half = 0; half < 2; ++half) {
-        for (int64_t j = 0; j < 64; ++j) {
-          const int64_t k = k0 + 64 * half + compact_block_input(j);
-          const int c = (group[128 + j] >> (4 * half)) & 0xF;
-          if (k < K) op[n * K + k] = static_cast<uint16_t>(tp[n * 16 + c] << 8 | group[64 * half + j]);
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {  // rows apart: the fold's per take
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k0 = 0; k0 < Kp; k0 += kCompactGroup) {
+        const uint8_t* group = dp + n * compact_row_bytes(Kp) + k0 / kCompactGroup * 192;
+        for (int64_t half = 0; half < 2; ++half) {
+          for (int64_t j = 0; j < 64; ++j) {
+            const int64_t k = k0 + 64 * half + compact_block_input(j);
+            const int c = (group[128 + j] >> (4 * half)) & 0xF;
+            if (k < K) op[n * K + k] = static_cast<uint16_t>(tp[n * 16 + c] << 8 | group[64 * half + j]);
+          }
         }
       }
+      for (int32_t e = ep[n]; e < ep[n + 1]; ++e) {
+        op[n * K + ep[N + 1 + 2 * e]] = static_cast<uint16_t>(ep[N + 2 + 2 * e]);
+      }
     }
-    for (int32_t e = ep[n]; e < ep[n + 1]; ++e) {
-      op[n * K + ep[N + 1 + 2 * e]] = static_cast<uint16_t>(ep[N + 2 + 2 * e]);
-    }
-  }
+  });
   return out;
 }
 
