@@ -60,23 +60,35 @@ SMALL = MusicGenSize(
 )
 
 
-def train_t5_tokenizer(vocab_size: int = 200, words: list[str] = WORDS):  # type: ignore[no-untyped-def]
-    """A T5-style tokenizer trained locally with `tokenizers` (no sentencepiece, no Hub) on
-    sentences of `words`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+def train_t5_tokenizer(vocab_size: int = 200):  # type: ignore[no-untyped-def]
+    """A T5-style tokenizer trained locally with `tokenizers` (no sentencepiece, no Hub)."""
+    from tokenizers import Tokenizer, models, normalizers
     from tokenizers.trainers import UnigramTrainer
-    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
     trainer = UnigramTrainer(
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
     )
-    words = list(words)
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    _t5_pieces(tok)
     tok.train_from_iterator(corpus, trainer=trainer)
+    return _t5_tokenizer(tok)
+
+
+def _t5_pieces(tok) -> None:  # type: ignore[no-untyped-def]
+    """T5's word boundaries: "\u2581" before each word, as sentencepiece marks them."""
+    from tokenizers import decoders, pre_tokenizers
+
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+
+
+def _t5_tokenizer(tok):  # type: ignore[no-untyped-def]
+    """`tok` ending each text with </s>, as a transformers T5 tokenizer (<pad> 0, </s>, <unk>)."""
+    from tokenizers import processors
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
+
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
     )
@@ -182,8 +194,7 @@ def word_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     character by character."""
     import string
 
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
+    from tokenizers import Tokenizer, models, normalizers
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [("\u2581" + w, -5.0) for w in dict.fromkeys(words)]
@@ -193,19 +204,8 @@ def word_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     )
     tok = Tokenizer(models.Unigram(pieces, unk_id=2))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    return T5TokenizerFast(
-        tokenizer_object=tok,
-        extra_ids=0,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=512,
-    )
+    _t5_pieces(tok)
+    return _t5_tokenizer(tok)
 
 
 def save_processor(folder: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
