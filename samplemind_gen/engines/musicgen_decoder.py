@@ -18,7 +18,9 @@ the ops of `kernels/step_ops.cpp` (`native_attention`, `_step_native`): each att
 step's key and value written into the cache and the query attended over it in one pass, instead
 of ~10 PyTorch ops with sdpa), each residual add fused with the layer norm after it, GELU inside
 fc1's kernel. The caches can be int8 with one scale per cached row and head (`int8_cache`), half
-of bf16's memory.
+of bf16's memory. Each prompt's cross-attention can be folded into two small linears a layer
+(`_folded_cross`: the prompt's keys and values are fixed for a take, so the q projection, the
+attention over them and the output projection are linear in them), fewer bytes a step.
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ class CachedDecoder:
         # one native op each, where the step ops run.
         self._embed_tables: list[Any] | None = None
         self._heads_call: tuple[list[Any], list[int]] | None = None
-        # One prompt's cross-attention folded into two small linears a layer where that reads
+        # Each prompt's cross-attention folded into two small linears a layer where that reads
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
         self.fold_cross = os.environ.get("SAMPLEMIND_GEN_FOLD_CROSS", "1") not in ("0", "off")
         self.folded = False
         # The last take's folded prompts (encoder states, A and B), kept across takes:
-        # regenerating a prompt with new seeds skips the ~45 ms build (~20 MB for musicgen-small).
+        # regenerating a prompt with new seeds skips the 35-70 ms build (~20 MB a prompt for
+        # musicgen-small).
         self._fold_cache: list[tuple[Any, list[Any]]] = []
 
     @property
@@ -464,9 +467,9 @@ class CachedDecoder:
         kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
         vf = v[first][:, keep].to(torch.float32)
         width = kf.shape[0] * kf.shape[1]
-        # The products in the weights' own precision where that is exact (bf16 weights, int8
-        # levels in bf16, fp32 sums): ~4x faster than in fp32 (the build was ~50 ms a prompt
-        # in int8, ~100 in compact bf16), the results rounded once as stored.
+        # Multiplied in bf16 with fp32 sums where the weights are exact in bf16 (bf16 weights,
+        # int8 levels; the keys times int8's scales are rounded to bf16): a prompt's build 35-40
+        # ms in int8, 54-70 in compact bf16, against ~48 and ~95 with fp32 copies of the weights.
         levels, scales = q_kernel.levels()
         if scales is not None:  # the q projection's per-output scales go with the keys
             kf = kf * scales.view(self.heads, 1, self.head_dim)
