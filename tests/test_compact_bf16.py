@@ -172,10 +172,10 @@ def test_bf16_musicgen_holds_compact_weights_and_names_them(tiny_musicgen: Path,
     decoder = engine.model.decoder
     assert is_compact(decoder) and not is_half_packed(decoder)
     assert all(isinstance(h.kernel, CompactLinear) for h in decoder.lm_heads)
-    assert engine.kernels.endswith("+compact")
+    assert "+compact" in engine.kernels
     monkeypatch.setenv("SAMPLEMIND_GEN_COMPACT_BF16", "0")
     wide = load(tiny_musicgen, device="cpu", dtype="bfloat16")
     assert is_half_packed(wide.model.decoder) and not is_compact(wide.model.decoder)
-    assert not wide.kernels.endswith("+compact")
+    assert "+compact" not in wide.kernels
     compact_logits, wide_logits = stepped_logits((engine, wide), 4)
     torch.testing.assert_close(compact_logits, wide_logits, rtol=2e-2, atol=2e-2)

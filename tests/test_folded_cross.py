@@ -149,7 +149,9 @@ def test_the_fold_is_left_where_it_reads_more_bytes_or_is_switched_off(
     decoder = _decoder(wide_musicgen, "int8")
     decoder.begin(states, mask, 4)
     assert not decoder.folded and decoder._layers_call is not None
+    assert native_kernels.label().endswith("+fold")  # the recipe says the step folds
     monkeypatch.setenv("SAMPLEMIND_GEN_FOLD_CROSS", "0")
+    assert not native_kernels.label().endswith("+fold")
     decoder = _decoder(wide_musicgen, "int8")
     states, mask = _guided_inputs(256)
     decoder.begin(states, mask, 4)

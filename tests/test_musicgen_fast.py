@@ -644,8 +644,9 @@ def test_the_recipe_names_the_kernels_that_made_the_take(tiny_musicgen: Path):
             from samplemind_gen.engines.musicgen_quant import CompactLinear
 
             compact = "+compact" if CompactLinear.available() else ""  # 12-bit bf16 weights
-            assert labels["bf16"] == f"samplemind {isa}" + ("+amx" if amx else "") + compact
-        assert labels["int8"] == f"samplemind {isa}"  # int8 on tiles: the same numbers
+            bf16_label = f"samplemind {isa}" + ("+amx" if amx else "") + compact + "+fold"
+            assert labels["bf16"] == bf16_label
+        assert labels["int8"] == f"samplemind {isa}+fold"  # int8 on tiles: the same numbers
     else:
         assert labels["int8"] == "fbgemm"
 

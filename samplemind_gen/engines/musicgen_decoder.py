@@ -25,8 +25,9 @@ attention over them and the output projection are linear in them), fewer bytes a
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from samplemind_gen.engines import native_kernels
 
 
 class CachedDecoder:
@@ -80,7 +81,7 @@ class CachedDecoder:
         self._heads_call: tuple[list[Any], list[int]] | None = None
         # Each prompt's cross-attention folded into two small linears a layer where that reads
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
-        self.fold_cross = os.environ.get("SAMPLEMIND_GEN_FOLD_CROSS", "1") not in ("0", "off")
+        self.fold_cross = native_kernels.fold_cross()
         self.folded = False
         # The last take's folded prompts (encoder states, A and B), kept across takes:
         # regenerating a prompt with new seeds skips the 35-70 ms build (~20 MB a prompt for

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = (KERNELS / "vnni.cpp", KERNELS / "step_ops.cpp", KERNELS / "sampling.cpp")  # + headers
 ENV_SWITCH = "SAMPLEMIND_GEN_NATIVE_KERNELS"
+FOLD_SWITCH = "SAMPLEMIND_GEN_FOLD_CROSS"
 # The least the kernels need (their AVX2 path); AVX-VNNI and AVX512-VNNI paths are chosen at run
 # time where the CPU has them (`isa()`). The library itself is built for plain x86-64.
 REQUIRED_FLAGS = ("avx2", "fma", "f16c")
@@ -73,16 +74,25 @@ def amx() -> frozenset[str]:
     return frozenset(k for k in str(torch.ops.samplemind.amx_kinds()).split(",") if k)
 
 
+def fold_cross() -> bool:
+    """Whether MusicGen's decode step folds each prompt's cross-attention into two small linears
+    where that reads fewer bytes (`CachedDecoder._folded_cross`); SAMPLEMIND_GEN_FOLD_CROSS=0
+    switches it off."""
+    return os.environ.get(FOLD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def label(*, bf16: bool = False, compact: bool = False) -> str:
     """How a take's recipe names samplemind-gen's kernels here: "samplemind <isa>", plus "+amx"
     when `bf16` products are involved and run on AMX tiles (int8 on tiles gives the vector
     kernel's numbers, so it needs no mark), plus "+compact" for bf16 weights stored in 12 bits
     (the same weights; the rare ones outside a row's table are summed apart, which rounds
-    differently)."""
+    differently), plus "+fold" where prompts' cross-attention is folded (`fold_cross`: the
+    same math, associated otherwise)."""
     return (
         f"samplemind {isa()}"
         + ("+amx" if bf16 and "bf16" in amx() else "")
         + ("+compact" if compact else "")
+        + ("+fold" if fold_cross() else "")
     )
 
 
