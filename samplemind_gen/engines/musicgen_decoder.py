@@ -320,7 +320,7 @@ class CachedDecoder:
         )
 
     def _one_call_args(self) -> tuple[Any, ...] | None:
-        """`decoder_layers`' arguments (params, kinds, caches, eps, folded, prompted; the last
+        """`decoder_layers`' arguments (params, kinds, caches, eps, folded, groups; the last
         two empty: no folded cross-attention) for this take, or None when
         a linear is not one of samplemind-gen's kernels (oneDNN's, fbgemm's or aten's) or the
         feed-forward's activation is not the GELU the kernels apply."""
@@ -350,7 +350,7 @@ class CachedDecoder:
         return params, kinds, caches, eps, [], None
 
     def _folded_cross(self, states: Any, mask: Any) -> tuple[list[Any], Any] | None:
-        """`decoder_layers`' (folded, prompted) arguments: per layer, A's and B's 4 tensors each
+        """`decoder_layers`' (folded, groups) arguments: per layer, A's and B's 4 tensors each
         for every prompt that folds, and each row's prompt (int64: its index among them; -1 for
         rows that attend to nothing, guidance's unconditional rows; -2 for a prompt that reads
         fewer bytes as attention). None when no row's prompt folds.

@@ -267,6 +267,8 @@ at::Tensor packed_linear(int64_t kind, const at::Tensor* t, const at::Tensor& x,
 
 namespace {
 
+// y (fp32 or bf16) as fp32: the folded linears take fp32 activations, so the scores that go
+// into the softmax are not rounded to bf16.
 at::Tensor as_fp32(const at::Tensor& y) {
   if (y.scalar_type() == at::kFloat) return y;
   TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous(), "folded_cross: fp32 or bf16");
@@ -307,6 +309,9 @@ at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, int64_t count,
   TORCH_CHECK(groups.scalar_type() == at::kLong && y.numel() == rows * hidden,
               "folded_cross: an int64 group a row");
   const int64_t* g = groups.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(g[r] >= -2 && g[r] < count, "folded_cross: a row's group is -2, -1 or a prompt's");
+  }
   const at::Tensor yf = as_fp32(y);
   at::Tensor out = at::empty({rows, 1, hidden}, yf.options());
   float* op = out.data_ptr<float>();
@@ -369,7 +374,7 @@ at::Tensor folded_cross(const at::Tensor& y, const at::Tensor* f, int64_t count,
 // `caches` 6 (keys, values, key scales, value scales, the prompt's keys and values; empty scale
 // tensors for caches that are not int8) and `eps` 3. x is the residual stream, y its first norm;
 // returns the last layer's (x, y). With `folded` (per layer, 8 tensors for each of its prompts)
-// and `prompted` (int64, each row's prompt: `folded_cross`), each cross-attention block runs as
+// and `groups` (int64, each row's prompt: `folded_cross`), each cross-attention block runs as
 // `folded_cross`.
 std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const at::Tensor& y_in,
                                                   at::TensorList params, at::IntArrayRef kinds,
@@ -377,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
                                                   const std::optional<at::Tensor>& cross_mask,
                                                   int64_t position, double scale,
                                                   at::ArrayRef<double> eps, at::TensorList folded,
-                                                  const std::optional<at::Tensor>& prompted) {
+                                                  const std::optional<at::Tensor>& groups) {
   const int64_t layers = static_cast<int64_t>(kinds.size()) / 6;
   TORCH_CHECK(static_cast<int64_t>(kinds.size()) == 6 * layers &&
                   static_cast<int64_t>(params.size()) == 30 * layers &&
@@ -386,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
               "decoder_layers: per layer 6 kinds, 30 params, 6 caches and 3 eps");
   const int64_t count = static_cast<int64_t>(folded.size()) / (8 * (layers > 0 ? layers : 1));
   TORCH_CHECK(folded.empty() || (static_cast<int64_t>(folded.size()) == 8 * count * layers &&
-                                 prompted.has_value() && prompted->numel() == x_in.numel() / x_in.size(-1)),
+                                 groups.has_value() && groups->numel() == x_in.numel() / x_in.size(-1)),
               "decoder_layers: folded cross-attention needs 8 tensors a prompt and layer, a group a row");
   const auto some = [](const at::Tensor& t) {
     return t.defined() && t.numel() > 0 ? std::optional<at::Tensor>(t) : std::nullopt;
@@ -404,7 +409,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_layers(const at::Tensor& x_in, const 
                                     eps[3 * l]);
     at::Tensor o2;
     if (!folded.empty()) {  // the prompts' cross-attention as two small linears each
-      o2 = folded_cross(y, folded.data() + 8 * count * l, count, *prompted, c[4].size(1), k[2],
+      o2 = folded_cross(y, folded.data() + 8 * count * l, count, *groups, c[4].size(1), k[2],
                         p + 8, k[3], p + 12, c[4], c[5], cross_mask, scale);
     } else {
       const at::Tensor q = packed_linear(k[2], p + 8, y, false);
@@ -502,7 +507,7 @@ TORCH_LIBRARY_FRAGMENT(samplemind, m) {
   m.def(
       "decoder_layers(Tensor x, Tensor y, Tensor[] params, int[] kinds, Tensor(a!)[] caches, "
       "Tensor? cross_mask, int position, float scale, float[] eps, Tensor[] folded, "
-      "Tensor? prompted=None) -> (Tensor, Tensor)");
+      "Tensor? groups=None) -> (Tensor, Tensor)");
   m.def(
       "embed_frame(Tensor ids, Tensor[] tables, Tensor positions, int position, Tensor weight, "
       "Tensor bias, float eps) -> (Tensor, Tensor)");
