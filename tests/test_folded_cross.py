@@ -99,6 +99,7 @@ def test_each_prompt_of_a_batch_folds_on_its_own(wide_musicgen: Path):
     assert decoder.folded
     assert decoder._layers_call[5].tolist() == [0, 1, 0, -1, -1, -1]
     assert len(decoder._layers_call[4]) == 2 * 8 * len(decoder.layers)
+    assert decoder._fold_cache == []  # only a one-prompt take's fold is kept for the next
     decoder.end()
 
 

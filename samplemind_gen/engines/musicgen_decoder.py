@@ -83,8 +83,8 @@ class CachedDecoder:
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
         self.fold_cross = native_kernels.fold_cross()
         self.folded = False
-        # The last take's folded prompts (encoder states, A and B), kept across takes:
-        # regenerating a prompt with new seeds skips the 35-70 ms build (~20 MB a prompt for
+        # The last take's folded prompt (encoder states, A and B) when it had one, kept across
+        # takes: regenerating a prompt with new seeds skips the 35-70 ms build (~20 MB for
         # musicgen-small).
         self._fold_cache: list[tuple[Any, list[Any]]] = []
 
@@ -380,25 +380,27 @@ class CachedDecoder:
         groups = [-1] * rows
         prompts: list[tuple[Any, int]] = []  # (its encoder states, its group)
         folds: list[tuple[Any, list[Any]]] = []  # (its encoder states, its A and B)
-        for row in range(rows):
-            keep = attends[row]
-            if not bool(keep.any()):
+        # Folds kept from the last take that this one needs; the others freed before building
+        # (a batch of new prompts would otherwise hold both sets at its peak).
+        states_of = [
+            states[row, attends[row]] if bool(attends[row].any()) else None for row in range(rows)
+        ]
+        kept = [
+            (p, f)
+            for p, f in self._fold_cache
+            if any(q is not None and _same(p, q) for q in states_of)
+        ]
+        self._fold_cache = []
+        for row, prompt in enumerate(states_of):
+            if prompt is None:
                 continue
-            prompt = states[row, keep]
-            same = [g for p, g in prompts if p.shape == prompt.shape and torch.equal(p, prompt)]
+            same = [g for p, g in prompts if _same(p, prompt)]
             if same:
                 groups[row] = same[0]
                 continue
-            folded = next(
-                (
-                    f
-                    for p, f in self._fold_cache
-                    if p.shape == prompt.shape and torch.equal(p, prompt)
-                ),
-                None,
-            )
+            folded = next((f for p, f in kept if _same(p, prompt)), None)
             if folded is None:
-                folded = self._fold(row, keep)
+                folded = self._fold(row, attends[row])
             if folded is None:
                 group = -2
             else:
@@ -406,7 +408,9 @@ class CachedDecoder:
                 folds.append((prompt.clone(), folded))
             prompts.append((prompt, group))
             groups[row] = group
-        self._fold_cache = folds  # a prompt regenerated (new seeds, more variations) reuses them
+        # Kept for the next take when this one had one prompt (a prompt regenerated with new
+        # seeds, more variations of it): ~20 MB for musicgen-small.
+        self._fold_cache = folds if len(folds) == 1 else []
         if not folds:
             return None
         layers = len(self.layers)
@@ -629,6 +633,13 @@ def _kernel_args(linears: Any) -> tuple[list[Any], list[int]] | None:
         kinds.append(spec[0])
         params += [empty if t is None else t for t in spec[1]]
     return params, kinds
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two prompts' encoder states are the same prompt."""
+    import torch
+
+    return bool(a.shape == b.shape and torch.equal(a, b))
 
 
 def _norm_args(norm: Any) -> tuple[Any, Any, float]:
