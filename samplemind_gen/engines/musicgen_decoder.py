@@ -82,11 +82,15 @@ class CachedDecoder:
         # Each prompt's cross-attention folded into two small linears a layer where that reads
         # fewer bytes a step (`_folded_cross`); False: never (SAMPLEMIND_GEN_FOLD_CROSS=0).
         self.fold_cross = native_kernels.fold_cross()
-        self.folded = False
         # The last take's folded prompt (encoder states, A and B) when it had one, kept across
         # takes: regenerating a prompt with new seeds skips the 35-70 ms build (~20 MB for
         # musicgen-small).
         self._fold_cache: list[tuple[Any, list[Any]]] = []
+
+    @property
+    def folded(self) -> bool:
+        """Whether this take's steps run a folded cross-attention (`_folded_cross`)."""
+        return self._layers_call is not None and bool(self._layers_call[4])
 
     @property
     def dtype(self) -> Any:
@@ -161,12 +165,10 @@ class CachedDecoder:
         # Each layer ends with the add + norm that starts the next (the last: the final norm).
         self._next_norms = [plan[0] for plan in self._plan[1:]] + [_norm_args(self.core.layer_norm)]
         self._layers_call = self._one_call_args() if self._native and self.one_call else None
-        self.folded = False
         if self._layers_call is not None and self.fold_cross:
             folded = self._folded_cross(states, mask)
             if folded is not None:
                 self._layers_call = (*self._layers_call[:4], *folded)
-                self.folded = True
         self._embed_tables = self._native_embed_tables() if self._native else None
         self._heads_call = self._native_heads() if self._native else None
 
@@ -424,11 +426,10 @@ class CachedDecoder:
         would read more bytes than the projections they replace."""
         import torch
 
-        parts = self._fold_layer(0, first, keep)
-        if parts is None:
+        a_and_b = self._fold_layer(0, first, keep)
+        if a_and_b is None:
             return None
-        a_and_b, replaced = parts
-        if sum(t.numel() * t.element_size() for t in a_and_b) >= replaced:
+        if sum(t.numel() * t.element_size() for t in a_and_b) >= self._replaced_bytes(keep):
             return None  # the first layer decides for all: they have one shape
         # The other layers' A and B allocated before their weights are dequantized, so each
         # layer's temporaries reuse the same heap blocks (between the results they had grown
@@ -442,7 +443,7 @@ class CachedDecoder:
             parts = self._fold_layer(index, first, keep)
             if parts is None:
                 return None
-            for i, t in enumerate(parts[0]):
+            for i, t in enumerate(parts):
                 if i in stored:
                     results[index][i].copy_(t)
                 else:
@@ -452,10 +453,22 @@ class CachedDecoder:
         trim_heap()
         return [t for layer in results for t in layer]
 
-    def _fold_layer(self, index: int, first: int, keep: Any) -> tuple[list[Any], int] | None:
+    def _replaced_bytes(self, keep: Any) -> int:
+        """The bytes a step that a layer's fold replaces: both projections' weights and the
+        prompt's keys and values at its unmasked tokens `keep` (its own tokens, not the batch's
+        padded length: whether a prompt folds must not depend on the rest of its batch)."""
+        ca = self.layers[0].encoder_attn
+        weights = 0
+        for linear in (ca.q_proj, ca.out_proj):
+            spec = _kernel_spec(getattr(linear, "kernel", None))
+            assert spec is not None  # _fold_layer(0) folded it
+            weights += sum(t.numel() * t.element_size() for t in spec[1] if t is not None)
+        element = self._cross[0][0].element_size()
+        return weights + 2 * int(keep.sum()) * self.heads * self.head_dim * element
+
+    def _fold_layer(self, index: int, first: int, keep: Any) -> list[Any] | None:
         """Layer `index`'s folded cross-attention for prompt row `first` (its unmasked tokens
-        `keep`): A's and B's 4 tensors each as `decoder_layers` takes them, and the bytes a step
-        they replace (both projections' weights, the prompt's keys and values); None when a
+        `keep`): A's and B's 4 tensors each as `decoder_layers` takes them; None when a
         projection is not one of samplemind-gen's kernels."""
         import torch
 
@@ -469,24 +482,23 @@ class CachedDecoder:
         if q_spec is None or o_spec is None or not hasattr(q_kernel, "levels"):
             return None
         empty = torch.empty(0)
-        kf = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
+        keys = k[first][:, keep].to(torch.float32)  # (heads, tokens, head_dim)
         vf = v[first][:, keep].to(torch.float32)
-        width = kf.shape[0] * kf.shape[1]
+        width = keys.shape[0] * keys.shape[1]
         # Multiplied in bf16 with fp32 sums where the weights are exact in bf16 (bf16 weights,
         # int8 levels; the keys times int8's scales are rounded to bf16): a prompt's build 35-40
         # ms in int8, 54-70 in compact bf16, against ~48 and ~95 with fp32 copies of the weights.
         levels, scales = q_kernel.levels()
-        if scales is not None:  # the q projection's per-output scales go with the keys
-            kf = kf * scales.view(self.heads, 1, self.head_dim)
+        kf = keys  # the q projection's per-output scales go with the keys
+        if scales is not None:
+            kf = keys * scales.view(self.heads, 1, self.head_dim)
         wq = levels.view(self.heads, self.head_dim, -1)
         a = torch.einsum("htd,hdk->htk", kf.to(wq.dtype), wq).reshape(width, -1).float()
         a *= self.scaling
         c = empty
         if q_kernel.bias is not None:
             bq = q_kernel.bias.view(self.heads, 1, self.head_dim)
-            c = (
-                (k[first][:, keep].float() * bq).sum(-1).reshape(width) * self.scaling
-            ).contiguous()
+            c = ((keys * bq).sum(-1).reshape(width) * self.scaling).contiguous()
         if q_spec[0] in (LINEAR_INT8, LINEAR_INT4):
             # quantized modes: A in int8 (the activations are quantized as for Wq); B stays
             # bf16, its inputs being the softmax weights
@@ -500,9 +512,7 @@ class CachedDecoder:
             b = b.float() * scales[:, None]
         bias = empty if o_kernel.bias is None else o_kernel.bias
         parts += [pad_inputs(b, torch.bfloat16), empty, empty, bias]
-        weights = [t for t in q_spec[1] + o_spec[1] if t is not None]
-        replaced = sum(t.numel() * t.element_size() for t in weights)
-        return parts, replaced + 2 * k[first].numel() * k.element_size()
+        return parts
 
     def _native_embed_tables(self) -> list[Any] | None:
         """The codebooks' embedding tables, as `embed_frame` takes them (fp32 or bf16, alike),
