@@ -168,10 +168,11 @@ class MusicGenEngine:
         if on_cpu:
             from samplemind_gen.engines.musicgen_quant import (
                 LOADING_MMAP_THRESHOLD,
+                LOADING_TRIM_THRESHOLD,
                 limit_heap_retention,
             )
 
-            limit_heap_retention(LOADING_MMAP_THRESHOLD)
+            limit_heap_retention(LOADING_MMAP_THRESHOLD, LOADING_TRIM_THRESHOLD)
         # CPU packed modes (musicgen_quant): int8 or fp16 (fbgemm, fp32 activations) or bf16
         # (oneDNN, bf16 activations) decoder weights, fp16 text-encoder weights. Loaded in a
         # 16-bit dtype (lossless for fp16/bf16 packing, one rounding for int8), then packed one

@@ -570,8 +570,10 @@ def release_freed_memory() -> None:
 
 # glibc's mmap threshold while a model loads: every tensor above 64 KB in its own mapping, so
 # what loading frees goes back to the OS at once (at 16 MB the int8 loading peak was 4.7 GB
-# instead of 4.1). Generation then runs at `limit_heap_retention`'s default.
+# instead of 4.1), and freed heap tops handed back at glibc's default 128 KB. Generation then
+# runs at `limit_heap_retention`'s defaults.
 LOADING_MMAP_THRESHOLD = 64 * 1024
+LOADING_TRIM_THRESHOLD = 128 * 1024
 
 
 def trim_heap() -> None:
@@ -586,17 +588,25 @@ def trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def limit_heap_retention(threshold: int = 16 * 1024 * 1024) -> bool:
+def limit_heap_retention(
+    threshold: int = 16 * 1024 * 1024, trim_threshold: int = 256 * 1024 * 1024
+) -> bool:
     """Serve allocations above `threshold` bytes with their own mmap, returned to the OS when
-    freed, and smaller ones from the heap, which reuses them. glibc otherwise raises its mmap
-    threshold after the first large free and keeps later big buffers (EnCodec's activations, the
-    per-take KV cache) on the heap after use: measured +200 MB of peak RSS per take for
-    musicgen-small in int8. A fixed threshold does not grow. At 64 KB (until 2026-12-06) every
-    EnCodec activation of a streamed chunk (1-8 MB) was a fresh mapping, faulted in page by page
-    on each call: a quarter of EnCodec's time went to page faults, and a 30 s take's EnCodec
-    took 2.83 s in int8; at 16 MB 2.04 s, for +61 MiB of peak RSS (int8 1423 -> 1484 MiB, bf16
-    1926 -> 1984). `trim_heap` after each take hands the freed heap back. Linux/glibc only; a
-    no-op elsewhere or when the user set MALLOC_MMAP_THRESHOLD_ themselves. True when applied."""
+    freed, and smaller ones from the heap, which reuses them; keep up to `trim_threshold` bytes
+    freed at the heap's top instead of handing them back on each free. glibc otherwise raises
+    its mmap threshold after the first large free and keeps later big buffers (EnCodec's
+    activations, the per-take KV cache) on the heap after use: measured +200 MB of peak RSS per
+    take for musicgen-small in int8. A fixed threshold does not grow. At 64 KB (until
+    2026-12-06) every EnCodec activation of a streamed chunk (1-8 MB) was a fresh mapping,
+    faulted in page by page on each call: a quarter of EnCodec's time went to page faults, and a
+    30 s take's EnCodec took 2.83 s in int8; at 16 MB 2.04 s, for +61 MiB of peak RSS (int8
+    1423 -> 1484 MiB, bf16 1926 -> 1984). Setting the threshold also froze glibc's trim
+    threshold at its 128 KB default, so each chunk's buffers still went back to the OS and came
+    back page by page: 140-250 thousand page faults per 8 s int8 take, against 32-37 thousand
+    with a 256 MB trim threshold (streamed EnCodec 0.49 -> 0.39 s with its bf16 products).
+    `trim_heap` after each take hands the freed heap back. Linux/glibc only; a no-op elsewhere
+    or when the user set MALLOC_MMAP_THRESHOLD_ themselves (MALLOC_TRIM_THRESHOLD_ likewise
+    keeps the trim threshold the user's). True when applied."""
     import contextlib
     import ctypes
     import os
@@ -604,9 +614,12 @@ def limit_heap_retention(threshold: int = 16 * 1024 * 1024) -> bool:
 
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    m_mmap_threshold = -3  # from <malloc.h>
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
     with contextlib.suppress(OSError, AttributeError):
-        return bool(ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, threshold))
+        libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+            libc.mallopt(m_trim_threshold, trim_threshold)
+        return bool(libc.mallopt(m_mmap_threshold, threshold))
     return False
 
 
