@@ -105,11 +105,6 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
     reference = {"dtype": "float32", "kernels": "pytorch", "note": "the bit-exact reference"}
     if not device.startswith("cpu"):
         return {"default": {"dtype": "float16", "kernels": "pytorch", "note": f"on {device}"}}
-    from samplemind_gen.devices import cpu_supports_bf16
-    from samplemind_gen.engines.encodec_fast import codec_bf16
-
-    # the packed modes' EnCodec products in bf16 (encodec_fast), as the recipe's label says
-    codec = "+codec-bf16" if codec_bf16() and cpu_supports_bf16() else ""
     if kernels.get("built"):
         from samplemind_gen.engines import native_kernels
         from samplemind_gen.engines.musicgen_quant import CompactLinear
@@ -120,35 +115,27 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
         return {
             "default": {
                 "dtype": default,
-                "kernels": (tiles if default == "bfloat16" else ours) + codec,
+                "kernels": tiles if default == "bfloat16" else ours,
                 "note": "",
             },
             "int8": {
                 "dtype": "float16+int8",
-                "kernels": ours + codec,
+                "kernels": ours,
                 "note": "AMX tiles for batches, the same numbers"
                 if "int8" in native_kernels.amx()
                 else "",
             },
             # int4 keeps its LM heads in bf16: on tiles where the CPU has them
-            "int4": {
-                "dtype": "bfloat16+int4",
-                "kernels": tiles + codec,
-                "note": "lossy: check by ear",
-            },
+            "int4": {"dtype": "bfloat16+int4", "kernels": tiles, "note": "lossy: check by ear"},
             "float32": reference,
         }
     return {
         "default": {
             "dtype": default,
-            "kernels": ("onednn" if default == "bfloat16" else "fbgemm") + codec,
+            "kernels": "onednn" if default == "bfloat16" else "fbgemm",
             "note": "",
         },
-        "int8": {"dtype": "float16+int8", "kernels": "fbgemm" + codec, "note": ""},
-        "int4": {
-            "dtype": "bfloat16+int4",
-            "kernels": "aten" + codec,
-            "note": "lossy: check by ear",
-        },
+        "int8": {"dtype": "float16+int8", "kernels": "fbgemm", "note": ""},
+        "int4": {"dtype": "bfloat16+int4", "kernels": "aten", "note": "lossy: check by ear"},
         "float32": reference,
     }

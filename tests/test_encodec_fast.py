@@ -177,14 +177,8 @@ def test_bf16_products_are_the_bf16_rounded_sums(causal, pad_mode, ratios, norm)
     found = kinds(fast.decoder)
     plain = [m for m in fast.decoder.modules() if type(m) is torch.nn.Conv1d]
     assert not plain  # every plain convolution is a bf16 one now
-    products = sum(
-        isinstance(m, (MatmulConvTranspose1d, MatmulPointwiseConv1d))
-        for m in fast.decoder.modules()
-    )
-    assert (
-        turned
-        == (0 if norm == "time_group_norm" else 3 * len(ratios)) + products + found["Bf16Conv1d"]
-    )
+    products = sum(isinstance(m, (MatmulConvTranspose1d, MatmulPointwiseConv1d)) for m in fast.decoder.modules())
+    assert turned == (0 if norm == "time_group_norm" else 3 * len(ratios)) + products + found["Bf16Conv1d"]
     assert speed_up_decoder(fast.decoder, bf16=True) == 0
     for m in fast.decoder.modules():
         if isinstance(m, (MatmulConvTranspose1d, MatmulPointwiseConv1d, Bf16Conv1d)):

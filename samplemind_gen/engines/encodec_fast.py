@@ -174,12 +174,7 @@ class Bf16Conv1d(nn.Module):
         import torch.nn.functional as F
 
         y = F.conv1d(
-            x.to(torch.bfloat16),
-            self.weight,
-            None,
-            self.stride,
-            self.padding,
-            self.dilation,
+            x.to(torch.bfloat16), self.weight, None, self.stride, self.padding, self.dilation,
             self.groups,
         ).to(x.dtype)
         if self.bias is not None:
