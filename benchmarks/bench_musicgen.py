@@ -24,9 +24,7 @@ bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel
 called one by one from Python instead of every decoder layer in one call (`decoder_layers`),
 "bf16-nocompact": bf16 weights in their 16 bits (`half_linear`) instead of 12 (`compact_linear`,
 lossless; CPUs with AVX512-BF16), "-nofold" variants of bf16, int8 and int4: the prompt's
-cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0),
-"-codec32" variants of bf16 and int8: EnCodec's convolutions in fp32 instead of bf16 products
-(SAMPLEMIND_GEN_CODEC_BF16=0). `--takes 4` makes each call a batch of 4 takes.
+cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0). `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -72,9 +70,6 @@ MODES = (
     "bf16-nofold",
     "int8-nofold",
     "int4-nofold",
-    # EnCodec's convolutions in fp32, not bf16 products
-    "bf16-codec32",
-    "int8-codec32",
     # the step ops called one by one from Python instead of all layers in one call
     "bf16-perop",
     "int8-perop",
@@ -182,8 +177,6 @@ def worker(mode: str, checkpoint: Path) -> None:
             os.environ["SAMPLEMIND_GEN_COMPACT_BF16"] = "0"
         if variant == "nofold":  # the prompt's cross-attention not folded into two linears
             os.environ["SAMPLEMIND_GEN_FOLD_CROSS"] = "0"
-        if variant == "codec32":  # EnCodec's convolutions in fp32
-            os.environ["SAMPLEMIND_GEN_CODEC_BF16"] = "0"
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
             from samplemind_gen.engines import musicgen_quant
 

@@ -123,111 +123,6 @@ def test_fast_forms_refuse_what_they_do_not_compute():
     assert MatmulPointwiseConv1d.fits(wide)
 
 
-needs_bf16 = pytest.mark.skipif(
-    not __import__("samplemind_gen.devices", fromlist=["x"]).cpu_supports_bf16(),
-    reason="no native bf16 products on this CPU",
-)
-
-
-@needs_bf16
-@pytest.mark.parametrize(
-    ("causal", "pad_mode", "ratios", "norm"),
-    [
-        (True, "constant", [5, 3, 2], "weight_norm"),
-        (False, "reflect", [4, 2], "weight_norm"),
-        (True, "reflect", [4, 2], "time_group_norm"),
-    ],
-)
-def test_bf16_products_are_the_bf16_rounded_sums(causal, pad_mode, ratios, norm):
-    """With `bf16=True` every product and plain convolution of the decoder runs in bf16: the
-    audio is within a few bf16 roundings of the exact decode (each module's exact sums are
-    tested below), and turning twice changes nothing."""
-    from transformers import EncodecConfig, EncodecModel
-
-    from samplemind_gen.engines.encodec_fast import Bf16Conv1d, bf16_products
-
-    config = EncodecConfig(
-        sampling_rate=8000,
-        audio_channels=1,
-        upsampling_ratios=ratios,
-        codebook_size=32,
-        hidden_size=32,
-        num_filters=8,
-        target_bandwidths=[12.0],
-        use_causal_conv=causal,
-        pad_mode=pad_mode,
-        norm_type=norm,
-        normalize=False,
-        codebook_dim=32,
-    )
-
-    def codec():  # type: ignore[no-untyped-def]
-        torch.manual_seed(0)
-        model = EncodecModel(config).eval()
-        fold_weight_norm(model.decoder)
-        return model
-
-    reference, fast = codec(), codec()
-    quantizers = len(reference.quantizer.layers)
-    codes = torch.randint(0, 32, (2, quantizers, 23), generator=torch.Generator().manual_seed(1))
-    expected = decode(reference, codes)
-    assert not bf16_products(fast.decoder)
-    turned = speed_up_decoder(fast.decoder, bf16=True)
-    assert bf16_products(fast.decoder)
-    found = kinds(fast.decoder)
-    plain = [m for m in fast.decoder.modules() if type(m) is torch.nn.Conv1d]
-    assert not plain  # every plain convolution is a bf16 one now
-    products = sum(isinstance(m, (MatmulConvTranspose1d, MatmulPointwiseConv1d)) for m in fast.decoder.modules())
-    assert turned == (0 if norm == "time_group_norm" else 3 * len(ratios)) + products + found["Bf16Conv1d"]
-    assert speed_up_decoder(fast.decoder, bf16=True) == 0
-    for m in fast.decoder.modules():
-        if isinstance(m, (MatmulConvTranspose1d, MatmulPointwiseConv1d, Bf16Conv1d)):
-            assert m.weight.dtype == torch.bfloat16
-            assert m.bias is None or m.bias.dtype == torch.float32
-    got = decode(fast, codes)
-    assert got.dtype == torch.float32 and got.shape == expected.shape
-    error = float((got - expected).norm() / expected.norm())
-    # Random tiny codecs amplify rounding more than MusicGen's (0.4% at real size): 0.2-2.3%.
-    assert 0 < error < 5e-2
-
-
-@needs_bf16
-def test_bf16_conv_matches_the_conv_of_rounded_weights_and_input():
-    from samplemind_gen.engines.encodec_fast import Bf16Conv1d
-
-    torch.manual_seed(0)
-    conv = torch.nn.Conv1d(16, 24, 3, stride=2, dilation=1)
-    assert Bf16Conv1d.fits(conv)
-    assert not Bf16Conv1d.fits(torch.nn.Conv1d(4, 4, 3, padding_mode="reflect", padding=1))
-    assert not Bf16Conv1d.fits(torch.nn.Conv1d(4, 4, 3).double())
-    fast = Bf16Conv1d(conv)
-    x = torch.randn(2, 16, 41)
-    with torch.no_grad():
-        rounded = torch.nn.functional.conv1d(
-            x.bfloat16().float(), conv.weight.bfloat16().float(), None, 2
-        )
-        expected = rounded.bfloat16().float() + conv.bias[:, None]
-        got = fast(x)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-
-
-@needs_bf16
-def test_bf16_products_are_the_products_of_rounded_weights_and_input():
-    """A bf16 weight's product: the fp32 product of the bf16-rounded weight and input, rounded to
-    bf16 and widened back to fp32; fp32 weights keep the plain fp32 product."""
-    from samplemind_gen.engines.encodec_fast import _product
-
-    torch.manual_seed(1)
-    w, x = torch.randn(24, 300), torch.randn(2, 300, 17)
-    assert torch.equal(_product(w, x), torch.matmul(w, x))
-    got = _product(w.bfloat16(), x)
-    expected = torch.matmul(w.bfloat16().float(), x.bfloat16().float()).bfloat16().float()
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=0, atol=0.1)  # one bf16 step at ~|16|
-    assert float((got - expected).abs().mean()) < 1e-3  # sums' order: rarely a rounding apart
-
-
 needs_kernels = pytest.mark.skipif(
     not native_kernels_available(), reason="samplemind-gen's CPU kernels are not built here"
 )
@@ -299,26 +194,16 @@ def test_lstm_layer_refuses_what_it_cannot_take():
 
 
 @needs_kernels
-@pytest.mark.parametrize("codec_bf16", [True, False])
-def test_packed_modes_stream_encodec_with_the_half_lstm(
-    tiny_musicgen: Path, musicgen_engine, monkeypatch, codec_bf16
-):
-    """bf16 (and the other packed CPU modes) decode with the fp16 LSTM, and with bf16 products
-    where the CPU has native ones (unless switched off); fp32 stays exact. The stream still
-    equals the one-shot decode, and the audio is within fp16 (and bf16) rounding of fp32's."""
+def test_packed_modes_stream_encodec_with_the_half_lstm(tiny_musicgen: Path, musicgen_engine):
+    """bf16 (and the other packed CPU modes) decode with the fp16 LSTM; fp32 stays exact. The
+    stream still equals the one-shot decode, and the audio is within fp16 rounding of fp32's."""
     from samplemind_gen.catalog import resolve_model
-    from samplemind_gen.devices import cpu_supports_bf16
     from samplemind_gen.engines import LoadOptions, load_engine
 
-    monkeypatch.setenv("SAMPLEMIND_GEN_CODEC_BF16", "1" if codec_bf16 else "0")
     assert musicgen_engine.windowed.half_lstm is None
-    assert not musicgen_engine.windowed.bf16
     engine = load_engine(resolve_model(str(tiny_musicgen)), LoadOptions(dtype="bfloat16"))
     windowed = engine.windowed
     assert windowed.half_lstm is not None
-    bf16 = codec_bf16 and cpu_supports_bf16()
-    assert windowed.bf16 is bf16
-    assert engine.kernels.endswith("+codec-bf16") is bf16
     # Swapped in for the nn.LSTM (whose fp32 recurrent weights are gone with it).
     codec = engine.model.audio_encoder
     assert not any(isinstance(m, torch.nn.LSTM) for m in codec.modules())
@@ -334,6 +219,5 @@ def test_packed_modes_stream_encodec_with_the_half_lstm(
         exact = musicgen_engine.windowed.decode(codes)
         # transformers' own one-shot decode runs through it too.
         own = codec.decode(codes[None], audio_scales=[None]).audio_values
-    # fp16 recurrent weights: ~1e-4 here; bf16 products: ~2e-3.
-    assert float((whole - exact).norm() / exact.norm()) < (5e-3 if bf16 else 1e-3)
+    assert float((whole - exact).norm() / exact.norm()) < 1e-3
     torch.testing.assert_close(own, whole, rtol=0, atol=1e-5)

@@ -13,33 +13,17 @@ The same sums as matrix products (MKL's sgemm) take 6 ms and 1.5 ms:
   blocks (overlap-add) and EnCodec's fixed padding trimmed;
 - a 1x1 convolution is a product over channels.
 
-These stay fp32; only the order of the sums changes (~1e-6 relative, tested against the
+Everything stays fp32; only the order of the sums changes (~1e-6 relative, tested against the
 modules they replace). `speed_up_decoder` swaps the modules in place; anything whose shape or
 options differ from these cases is left as it is.
-
-`speed_up_decoder(..., bf16=True)` (the packed CPU modes, on CPUs with native bf16 products: AMX
-or AVX512-BF16) also runs every product and convolution of the decoder in bf16: weights stored in
-bf16, each input rounded to bf16 on the way in, fp32 sums, the result rounded to bf16 and widened
-back to fp32 (PyTorch's CPU products have no fp32 output for bf16 inputs), bias, activations and
-the LSTM state in fp32. On the real-size codec a streamed 8 s decode takes 0.39 instead of 0.49 s,
-its audio 48 dB above the difference from fp32's (relative RMS error 0.38%).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 from torch import nn
-
-# SAMPLEMIND_GEN_CODEC_BF16=0 keeps the packed modes' codec products in fp32 (A/B checks).
-BF16_SWITCH = "SAMPLEMIND_GEN_CODEC_BF16"
-
-
-def codec_bf16() -> bool:
-    """Whether the packed CPU modes may run the codec's products in bf16 (`BF16_SWITCH`)."""
-    return os.environ.get(BF16_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _plain_conv(module: Any, wrapper: str, conv_type: Any) -> Any:
@@ -94,9 +78,11 @@ class MatmulConvTranspose1d(nn.Module):
         )
 
     def forward(self, x: Any) -> Any:
+        import torch
+
         batch, _, frames = x.shape
         s, cout = self.stride, self.out_channels
-        taps = _product(self.weight, x).view(batch, cout, 2, s, frames)
+        taps = torch.matmul(self.weight, x).view(batch, cout, 2, s, frames)
         y = x.new_empty(batch, cout, frames + 1, s)
         y[:, :, :frames] = taps[:, :, 0].transpose(-1, -2)  # first half of each frame's taps
         y[:, :, frames] = 0
@@ -125,58 +111,9 @@ class MatmulPointwiseConv1d(nn.Module):
         return conv is not None and conv.kernel_size[0] == 1 and conv.stride[0] == 1
 
     def forward(self, x: Any) -> Any:
-        y = _product(self.weight, x)
-        if self.bias is not None:
-            y += self.bias[:, None]
-        return y
-
-
-def _product(weight: Any, x: Any) -> Any:
-    """weight @ x in fp32 out: in `weight`'s dtype when that is bf16 (x rounded on the way in)."""
-    import torch
-
-    if weight.dtype == x.dtype:
-        return torch.matmul(weight, x)
-    return torch.matmul(weight, x.to(weight.dtype)).to(x.dtype)
-
-
-class Bf16Conv1d(nn.Module):
-    """A plain `nn.Conv1d` (the codec's 3- and 7-tap ones, inside EnCodec's padding wrapper) with
-    its weight in bf16: the input rounded to bf16, oneDNN's bf16 convolution (fp32 sums), the
-    result widened back to fp32 and the fp32 bias added."""
-
-    def __init__(self, conv: Any) -> None:
         import torch
 
-        super().__init__()
-        self.stride, self.padding = conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
-        self.kernel_size = conv.kernel_size
-        self.weight = nn.Parameter(conv.weight.detach().to(torch.bfloat16), requires_grad=False)
-        bias = conv.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-
-    @staticmethod
-    def fits(module: Any) -> bool:
-        import torch
-
-        return (
-            type(module) is nn.Conv1d
-            and module.weight.dtype == torch.float32
-            and module.weight.device.type == "cpu"
-            and isinstance(module.padding, tuple)
-            and module.padding_mode == "zeros"
-            and not hasattr(module, "parametrizations")  # weight norm folded
-        )
-
-    def forward(self, x: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        y = F.conv1d(
-            x.to(torch.bfloat16), self.weight, None, self.stride, self.padding, self.dilation,
-            self.groups,
-        ).to(x.dtype)
+        y = torch.matmul(self.weight, x)
         if self.bias is not None:
             y += self.bias[:, None]
         return y
@@ -185,12 +122,9 @@ class Bf16Conv1d(nn.Module):
 FAST = (MatmulConvTranspose1d, MatmulPointwiseConv1d)
 
 
-def speed_up_decoder(decoder: Any, *, bf16: bool = False) -> int:
+def speed_up_decoder(decoder: Any) -> int:
     """Swap `decoder`'s transposed and 1x1 convolutions (weight norm already folded) for their
-    matrix-product forms, in place; with `bf16`, also turn those products' weights and every
-    other plain convolution (`Bf16Conv1d`) to bf16 (done once: already bf16 weights stay).
-    Returns how many modules were swapped plus how many were turned."""
-    import torch
+    matrix-product forms, in place. Returns how many were swapped."""
 
     swapped = 0
     for parent in list(decoder.modules()):
@@ -200,27 +134,7 @@ def speed_up_decoder(decoder: Any, *, bf16: bool = False) -> int:
                     setattr(parent, name, fast(child))
                     swapped += 1
                     break
-    if not bf16:
-        return swapped
-    for parent in list(decoder.modules()):  # the modules now in use
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FAST) and child.weight.dtype == torch.float32:
-                child.weight = nn.Parameter(child.weight.to(torch.bfloat16), requires_grad=False)
-                swapped += 1
-            elif Bf16Conv1d.fits(child):
-                setattr(parent, name, Bf16Conv1d(child))
-                swapped += 1
     return swapped
-
-
-def bf16_products(decoder: Any) -> bool:
-    """True when `decoder` runs its products in bf16 (`speed_up_decoder(..., bf16=True)`)."""
-    import torch
-
-    return any(
-        isinstance(m, Bf16Conv1d) or (isinstance(m, FAST) and m.weight.dtype == torch.bfloat16)
-        for m in decoder.modules()
-    )
 
 
 class HalfLstm(nn.Module):

@@ -34,17 +34,13 @@ class WindowedDecoder:
         window_frames: int = WINDOW_FRAMES,
         halo_frames: int = HALO_FRAMES,
         half_lstm: bool = False,
-        bf16: bool = False,
     ) -> None:
         """`half_lstm`: the LSTM's recurrent weights in fp16 on samplemind-gen's CPU kernel
-        (`encodec_fast.HalfLstm`) where it is built; `bf16`: the convolutions' products in bf16
-        (`encodec_fast.speed_up_decoder`). The packed CPU modes ask for both (bf16 where the CPU
-        has native bf16 products)."""
+        (`encodec_fast.HalfLstm`) where it is built; the packed CPU modes ask for it."""
         from samplemind_gen.engines.encodec_fast import HalfLstm, speed_up_decoder
 
         fold_weight_norm(encodec.decoder)
-        # convolutions as matrix products: the same audio, faster (and bf16 ones, if asked)
-        speed_up_decoder(encodec.decoder, bf16=bf16)
+        speed_up_decoder(encodec.decoder)  # convolutions as matrix products: same audio, faster
         layers = list(encodec.decoder.layers)
         lstm = [i for i, layer in enumerate(layers) if type(layer).__name__ == "EncodecLSTM"]
         self.encodec = encodec
@@ -65,13 +61,6 @@ class WindowedDecoder:
         for ratio in encodec.config.upsampling_ratios:
             hop *= int(ratio)
         self.hop = hop
-
-    @property
-    def bf16(self) -> bool:
-        """True when the codec's convolutions run their products in bf16."""
-        from samplemind_gen.engines.encodec_fast import bf16_products
-
-        return bf16_products(self.encodec.decoder)
 
     @property
     def half_lstm(self) -> Any:

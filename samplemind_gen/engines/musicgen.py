@@ -119,16 +119,10 @@ class MusicGenEngine:
             # their attention caches in int8 (half of bf16's memory: 138 MB less on a 30 s take).
             self.cached_decoder.native_attention = native_kernels.available()
             self.cached_decoder.int8_cache = "+int" in dtype
-        # The packed CPU modes also keep EnCodec's LSTM recurrent weights in fp16 (our kernel)
-        # and run its convolutions' products in bf16 where the CPU has native bf16 products;
+        # The packed CPU modes also keep EnCodec's LSTM recurrent weights in fp16 (our kernel);
         # fp32 stays the exact reference.
-        from samplemind_gen.engines.encodec_fast import codec_bf16
-
-        packed_cpu = device == "cpu" and dtype != "float32"
         self.windowed = WindowedDecoder(
-            model.audio_encoder,
-            half_lstm=packed_cpu,
-            bf16=packed_cpu and codec_bf16() and cpu_supports_bf16(),
+            model.audio_encoder, half_lstm=device == "cpu" and dtype != "float32"
         )
         self.last_stream: ChunkedAudioDecoder | None = None
 
@@ -140,8 +134,7 @@ class MusicGenEngine:
             return "pytorch"
         from samplemind_gen.engines.musicgen_quant import kernel_label
 
-        # "+codec-bf16": EnCodec's convolutions ran their products in bf16 (CPU-dependent).
-        return kernel_label(self.model.decoder) + ("+codec-bf16" if self.windowed.bf16 else "")
+        return kernel_label(self.model.decoder)
 
     # ---------------------------------------------------------------- loading
     @classmethod
