@@ -24,7 +24,10 @@ bf16 on oneDNN and fp16 on fbgemm instead of samplemind-gen's half_linear kernel
 called one by one from Python instead of every decoder layer in one call (`decoder_layers`),
 "bf16-nocompact": bf16 weights in their 16 bits (`half_linear`) instead of 12 (`compact_linear`,
 lossless; CPUs with AVX512-BF16), "-nofold" variants of bf16, int8 and int4: the prompt's
-cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0). `--takes 4` makes each call a batch of 4 takes.
+cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0),
+"-trim128k" variants of bf16 and int8: glibc's trim threshold left at its 128 KB default while
+generating (freed heap tops handed back on each free, as before 2026-12-06's eleventh session).
+`--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
 
@@ -70,6 +73,9 @@ MODES = (
     "bf16-nofold",
     "int8-nofold",
     "int4-nofold",
+    # glibc's trim threshold at its 128 KB default while generating
+    "bf16-trim128k",
+    "int8-trim128k",
     # the step ops called one by one from Python instead of all layers in one call
     "bf16-perop",
     "int8-perop",
@@ -177,6 +183,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             os.environ["SAMPLEMIND_GEN_COMPACT_BF16"] = "0"
         if variant == "nofold":  # the prompt's cross-attention not folded into two linears
             os.environ["SAMPLEMIND_GEN_FOLD_CROSS"] = "0"
+        if variant == "trim128k":  # limit_heap_retention leaves the trim threshold alone
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = str(128 * 1024)  # glibc's default
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
             from samplemind_gen.engines import musicgen_quant
 

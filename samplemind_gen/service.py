@@ -45,6 +45,9 @@ class AudioEngineWithGeneration:
         self.analyze_takes = analyze
         self._engines: dict[tuple[str, LoadOptions], Engine] = {}
         self._lock = threading.Lock()
+        # One take at a time: an engine keeps per-take state (caches, streams), and the front
+        # ends' workers or `generate`'s pool threads may ask for takes side by side.
+        self._turn = threading.Lock()
         self.load_count = 0
         self.analysis_warmed = False  # warm_up_analysis has run in this session
 
@@ -129,14 +132,18 @@ class AudioEngineWithGeneration:
             validate_request(request, max_duration=resolved.spec.max_duration)
         engine = self.load(resolved, on_progress=on_progress)
         streaming = as_streaming(engine) if on_audio is not None else None
-        if streaming is not None:
-            outputs = streaming.generate(
-                batch, on_progress=on_progress, cancel=cancel, on_audio=on_audio
-            )
-        else:
-            outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
-            if on_audio is not None and outputs:
-                on_audio(np.stack([out.audio for out in outputs]), 0)
+        self._wait_turn(on_progress, cancel)
+        try:
+            if streaming is not None:
+                outputs = streaming.generate(
+                    batch, on_progress=on_progress, cancel=cancel, on_audio=on_audio
+                )
+            else:
+                outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
+        finally:
+            self._turn.release()
+        if streaming is None and on_audio is not None and outputs:
+            on_audio(np.stack([out.audio for out in outputs]), 0)
         takes = [self._to_take(engine, out) for out in outputs]
         if self.analyze_takes:
             if on_progress:
@@ -146,6 +153,20 @@ class AudioEngineWithGeneration:
                 take.features = analyze_audio(take.audio, take.sample_rate)
                 take.timings["analysis"] = time.perf_counter() - t0
         return takes
+
+    def _wait_turn(
+        self, on_progress: ProgressCallback | None, cancel: threading.Event | None
+    ) -> None:
+        """Take the one-take-at-a-time lock, saying so while another take holds it; a cancel
+        while waiting raises `GenerationCancelled`."""
+        from samplemind_gen.engines.base import check_cancel
+
+        if self._turn.acquire(blocking=False):
+            return
+        if on_progress:
+            on_progress(Progress(stage="loading", message="waiting for the take in progress"))
+        while not self._turn.acquire(timeout=0.05):
+            check_cancel(cancel)
 
     def variations(self, request: GenerationRequest, count: int) -> list[GenerationRequest]:
         """`count` takes of the same prompt with fresh random seeds (one batch)."""

@@ -155,3 +155,96 @@ def test_bf16_load_keeps_encodec_in_fp32(tiny_musicgen: Path):
     assert next(engine.model.audio_encoder.parameters()).dtype == torch.float32
     (take,) = engine.generate([GenerationRequest(PROMPTS[0], duration=0.2, seed=1)])
     assert take.audio.dtype == np.float32 and take.audio.shape == (1, 6400)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [LoadOptions(dtype="float32"), LoadOptions(dtype="bfloat16"), LoadOptions(quantize="int8")],
+    ids=["fp32", "bf16", "int8"],
+)
+def test_a_take_generates_in_a_thread_other_than_the_one_that_loaded(tiny_musicgen, options):
+    """Grad mode is per thread: `asyncio.to_thread` and the app's workers may generate in a
+    fresh thread (grad on), which made every take fail at the audio's `.numpy()`. The same
+    take comes out as in the loading thread."""
+    import asyncio
+
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    engine = load_engine(resolve_model(str(tiny_musicgen)), options)
+    request = GenerationRequest(PROMPTS[0], duration=0.3, seed=4)
+    (here,) = engine.generate([request])
+    out: dict[str, object] = {}
+
+    def elsewhere() -> None:
+        assert torch.is_grad_enabled()  # a fresh thread
+        try:
+            out["take"] = engine.generate([request])[0]
+        except Exception as exc:  # reported below, with the thread's error
+            out["error"] = exc
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    assert "error" not in out, out.get("error")
+    np.testing.assert_array_equal(out["take"].audio, here.audio)  # type: ignore[attr-defined]
+    # The async API: each call in a pool thread.
+    service = AudioEngineWithGeneration(options, analyze=False)
+
+    async def twice() -> list:  # type: ignore[type-arg]
+        first = await service.generate(request, model=str(tiny_musicgen))
+        second = await asyncio.gather(
+            *(service.generate(request, model=str(tiny_musicgen)) for _ in range(2))
+        )
+        return [first[0], *(takes[0] for takes in second)]
+
+    takes = asyncio.run(twice())
+    for take in takes:
+        np.testing.assert_array_equal(take.audio, here.audio)
+
+
+def test_the_service_makes_one_take_at_a_time(tiny_musicgen):
+    """A second take asked for while one is generating waits its turn (and says so), then comes
+    out as it would alone; cancelled while it waits, it stops without touching the engine."""
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    service = AudioEngineWithGeneration(LoadOptions(dtype="float32"), analyze=False)
+    model = str(tiny_musicgen)
+    first, second = (GenerationRequest(p, duration=0.5, seed=2) for p in PROMPTS)
+    (alone,) = service.generate_blocking(second, model=model)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(progress: Progress) -> None:  # the first take pauses at its first step
+        if progress.stage == "generating" and not started.is_set():
+            started.set()
+            release.wait(10)
+
+    out: dict[str, object] = {}
+    runner = threading.Thread(
+        target=lambda: out.update(
+            first=service.generate_blocking(first, model=model, on_progress=hold)
+        )
+    )
+    runner.start()
+    assert started.wait(10)
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def waiting(progress: Progress) -> None:
+        seen.append(progress.message)
+        if "waiting" in progress.message:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        service.generate_blocking(second, model=model, on_progress=waiting, cancel=cancel)
+    assert seen == ["waiting for the take in progress"]
+    waiter = threading.Thread(
+        target=lambda: out.update(second=service.generate_blocking(second, model=model))
+    )
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # its turn has not come
+    release.set()
+    runner.join(30)
+    waiter.join(30)
+    np.testing.assert_array_equal(out["second"][0].audio, alone.audio)  # type: ignore[index]
+    assert out["first"][0].prompt == PROMPTS[0]  # type: ignore[index]
