@@ -602,8 +602,10 @@ def limit_heap_retention(
     30 s take's EnCodec took 2.83 s in int8; at 16 MB 2.04 s, for +61 MiB of peak RSS (int8
     1423 -> 1484 MiB, bf16 1926 -> 1984). Setting the threshold also froze glibc's trim
     threshold at its 128 KB default, so each chunk's buffers still went back to the OS and came
-    back page by page: 140-250 thousand page faults per 8 s int8 take, against 32-37 thousand
-    with a 256 MB trim threshold (streamed EnCodec 0.49 -> 0.39 s with its bf16 products).
+    back page by page: 25-148 thousand page faults per 8 s int8 take (mostly 120-150), against
+    26-29 thousand with a 256 MB trim threshold; streamed EnCodec 0.49-0.57 -> 0.45-0.49 s a
+    take (2 processes of 4 takes each way; in the benchmark's interleaved rounds 0.475 -> 0.466
+    s, within its noise), peak RSS the same within the benchmark's noise.
     `trim_heap` after each take hands the freed heap back. Linux/glibc only; a no-op elsewhere
     or when the user set MALLOC_MMAP_THRESHOLD_ themselves (MALLOC_TRIM_THRESHOLD_ likewise
     keeps the trim threshold the user's). True when applied."""
