@@ -109,9 +109,10 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
         from samplemind_gen.engines import native_kernels
         from samplemind_gen.engines.musicgen_quant import CompactLinear
 
-        ours = native_kernels.label()
+        # The packed modes' T5 linears run on our half kernel too ("+t5", pack_text_encoder).
+        ours = native_kernels.label() + "+t5"
         # bf16 linears: on tiles where the CPU has them, 12-bit weights with AVX512-BF16
-        tiles = native_kernels.label(bf16=True, compact=CompactLinear.available())
+        tiles = native_kernels.label(bf16=True, compact=CompactLinear.available()) + "+t5"
         return {
             "default": {
                 "dtype": default,

@@ -85,9 +85,9 @@ def test_fp16_packed_mode_is_close_to_fp32_and_deterministic(tiny_musicgen: Path
 
     engine = load(tiny_musicgen, device="cpu", dtype="float16")
     assert engine.dtype == "float16" and is_fused(engine.model.decoder)
-    # fp16 weights on our kernel where it is built, else fbgemm's fp16 packing.
+    # fp16 weights on our kernel where it is built, else fbgemm's fp16 packing (T5's too).
     packed = is_half_packed if ours_built() else is_quantized
-    assert packed(engine.model.decoder) and is_quantized(engine.model.text_encoder)
+    assert packed(engine.model.decoder) and packed(engine.model.text_encoder)
     assert not any(type(m) is torch.nn.Linear for m in engine.model.decoder.modules())
     # Same logits as fp32 up to fp16 weight rounding.
     half, full = stepped_logits((engine, musicgen_engine), 4)
@@ -98,6 +98,38 @@ def test_fp16_packed_mode_is_close_to_fp32_and_deterministic(tiny_musicgen: Path
     engine.decode_with = "transformers"
     with pytest.raises(BadInputError, match="packed"):
         engine.generate(reqs)
+
+
+def test_packed_text_encoder_is_fp32_t5_with_fp16_weights(int8_engine, musicgen_engine):
+    """The packed modes' T5: on our half kernel where it is built ("+t5" in the recipe), fp16
+    weights and fp32 sums: fbgemm's fp16 packing up to the order of the sums, and fp32's T5 up
+    to the weights' rounding."""
+    import copy
+
+    from samplemind_gen.engines.musicgen_quant import (
+        _half_embeddings,
+        is_half_packed,
+        pack_linears,
+    )
+
+    packed = int8_engine.model.text_encoder
+    reference = musicgen_engine.model.text_encoder  # fp32, unpacked
+    fbgemm = copy.deepcopy(reference)
+    for block in fbgemm.encoder.block:
+        pack_linears(block, "float16")
+    _half_embeddings(fbgemm)  # as pack_text_encoder does
+    inputs = int8_engine.processor(
+        text=[PROMPT, "dark ambient pad"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        ours = packed(**inputs).last_hidden_state
+        theirs = fbgemm(**inputs).last_hidden_state
+        full = reference(**inputs).last_hidden_state
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert float((ours - full).norm() / full.norm()) < 2e-3
+    assert is_half_packed(packed) is ours_built()
+    assert int8_engine.kernels.endswith("+t5") is ours_built()
 
 
 @pytest.mark.parametrize("mode", ["int8", "float16"])
@@ -645,8 +677,9 @@ def test_the_recipe_names_the_kernels_that_made_the_take(tiny_musicgen: Path):
 
             compact = "+compact" if CompactLinear.available() else ""  # 12-bit bf16 weights
             bf16_label = f"samplemind {isa}" + ("+amx" if amx else "") + compact + "+fold"
-            assert labels["bf16"] == bf16_label
-        assert labels["int8"] == f"samplemind {isa}+fold"  # int8 on tiles: the same numbers
+            assert labels["bf16"] == bf16_label + "+t5"  # T5's linears on our kernel too
+        # int8 on tiles: the same numbers
+        assert labels["int8"] == f"samplemind {isa}+fold+t5"
     else:
         assert labels["int8"] == "fbgemm"
 

