@@ -712,7 +712,7 @@ def kernel_label(module: Any) -> str:
 
 
 def text_encoder_label(model: Any) -> str:
-    """"+t5" when `model`'s text encoder runs its linears on samplemind-gen's `half_linear`
+    """The label "+t5" when `model`'s text encoder runs its linears on samplemind-gen's `half_linear`
     (`pack_text_encoder`; fbgemm's fp16 kernel rounds its sums otherwise), else ""."""
     return "+t5" if _holds(model.text_encoder, HalfLinear) else ""
 
