@@ -53,12 +53,13 @@ def generate_long_blocking(
             "(try --model musicgen-melody)"
         )
     engine = service.load(resolved, on_progress=on_progress)
-    if resolved.spec.melody:
-        outputs = _generate_melody(engine, requests, long, on_progress, cancel)
-    else:
-        outputs = generate_windowed(
-            engine, list(requests), long, on_progress=on_progress, cancel=cancel
-        )
+    with service.turn(on_progress, cancel):  # one take at a time, as generate_blocking
+        if resolved.spec.melody:
+            outputs = _generate_melody(engine, requests, long, on_progress, cancel)
+        else:
+            outputs = generate_windowed(
+                engine, list(requests), long, on_progress=on_progress, cancel=cancel
+            )
     extra = long_form_params(long)
     takes = []
     for out in outputs:

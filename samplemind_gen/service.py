@@ -10,7 +10,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,16 +133,13 @@ class AudioEngineWithGeneration:
             validate_request(request, max_duration=resolved.spec.max_duration)
         engine = self.load(resolved, on_progress=on_progress)
         streaming = as_streaming(engine) if on_audio is not None else None
-        self._wait_turn(on_progress, cancel)
-        try:
+        with self.turn(on_progress, cancel):
             if streaming is not None:
                 outputs = streaming.generate(
                     batch, on_progress=on_progress, cancel=cancel, on_audio=on_audio
                 )
             else:
                 outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
-        finally:
-            self._turn.release()
         if streaming is None and on_audio is not None and outputs:
             on_audio(np.stack([out.audio for out in outputs]), 0)
         takes = [self._to_take(engine, out) for out in outputs]
@@ -154,19 +152,23 @@ class AudioEngineWithGeneration:
                 take.timings["analysis"] = time.perf_counter() - t0
         return takes
 
-    def _wait_turn(
-        self, on_progress: ProgressCallback | None, cancel: threading.Event | None
-    ) -> None:
-        """Take the one-take-at-a-time lock, saying so while another take holds it; a cancel
-        while waiting raises `GenerationCancelled`."""
+    @contextmanager
+    def turn(
+        self, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[None]:
+        """Hold the one-take-at-a-time lock while an engine generates, saying so while another
+        take holds it; a cancel while waiting raises `GenerationCancelled`."""
         from samplemind_gen.engines.base import check_cancel
 
-        if self._turn.acquire(blocking=False):
-            return
-        if on_progress:
-            on_progress(Progress(stage="loading", message="waiting for the take in progress"))
-        while not self._turn.acquire(timeout=0.05):
-            check_cancel(cancel)
+        if not self._turn.acquire(blocking=False):
+            if on_progress:
+                on_progress(Progress(stage="loading", message="waiting for the take in progress"))
+            while not self._turn.acquire(timeout=0.05):
+                check_cancel(cancel)
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     def variations(self, request: GenerationRequest, count: int) -> list[GenerationRequest]:
         """`count` takes of the same prompt with fresh random seeds (one batch)."""

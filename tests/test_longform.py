@@ -162,3 +162,37 @@ def test_long_takes_run_in_the_packed_modes(tiny_musicgen, mode):
     (window,) = generate_windowed(engine, short, LongForm(), greedy=True)
     (ref,) = engine.generate(short, greedy=True)
     assert np.abs(window.audio - ref.audio).max() <= 0.05 * np.abs(ref.audio).max() + 1e-6
+
+
+def test_long_takes_wait_their_turn_like_any_take(tiny_musicgen):
+    """Long-form takes share the service's one-take-at-a-time lock: asked for while another take
+    holds it, one says so and can be cancelled before it touches the engine."""
+    import threading
+
+    from samplemind_gen.engines import LoadOptions
+    from samplemind_gen.errors import GenerationCancelled
+    from samplemind_gen.longform import generate_long_blocking
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    service = AudioEngineWithGeneration(LoadOptions(dtype="float32"), analyze=False)
+    request = GenerationRequest(PROMPTS[0], duration=0.6, seed=1)
+    cancel, seen = threading.Event(), []
+
+    def progress(p) -> None:  # type: ignore[no-untyped-def]
+        seen.append(p.message)
+        if "waiting" in p.message:
+            cancel.set()
+
+    service.load(str(tiny_musicgen))
+    with service.turn(), pytest.raises(GenerationCancelled):
+        generate_long_blocking(
+            service,
+            [request],
+            LongForm(),
+            model=str(tiny_musicgen),
+            on_progress=progress,
+            cancel=cancel,
+        )
+    assert "waiting for the take in progress" in seen
+    (take,) = generate_long_blocking(service, [request], LongForm(), model=str(tiny_musicgen))
+    assert take.audio.shape[-1] == round(0.6 * take.sample_rate)
