@@ -578,3 +578,21 @@ def test_cli_refuses_a_duration_beyond_the_stable_audio_window(tiny_folders, cap
     )
     _, stderr = capsys.readouterr()
     assert code == 2 and "limit" in stderr
+
+
+def test_the_service_hands_the_heap_back_after_any_engines_take(tiny_folders, monkeypatch):
+    """A MusicGen load fixes glibc's heap thresholds for the whole process; MusicGen trims after
+    its takes itself, the diffusion engines do not, so the service trims after every take."""
+    from samplemind_gen.engines import musicgen_quant
+    from samplemind_gen.request import GenerationRequest
+    from samplemind_gen.service import AudioEngineWithGeneration
+
+    calls: list[int] = []
+    real = musicgen_quant.trim_heap
+    monkeypatch.setattr(musicgen_quant, "trim_heap", lambda: (calls.append(1), real())[1])
+    service = AudioEngineWithGeneration(analyze=False)
+    request = GenerationRequest("rain on a tin roof", duration=1.0, seed=3, steps=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        (take,) = service.generate_blocking(request, model=str(tiny_folders["audioldm"]))
+    assert take.audio.shape[-1] > 0 and calls == [1]
