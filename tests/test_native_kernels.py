@@ -69,6 +69,25 @@ def test_int8_pack_op_is_the_pytorch_packing_bit_for_bit(dtype, shape):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4096, 1024), (1024, 4096), (37, 96), (5, 32), (3, 160)])
+def test_int4_pack_op_is_the_pytorch_packing_bit_for_bit(dtype, shape):
+    """The one-pass 4-bit packing op (every int4 load) gives `int4_levels` + `pack_nibbles`'s
+    nibbles, fp16 scales and minimums exactly: ties to even, a constant group, K padding."""
+    from samplemind_gen.engines.musicgen_quant import int4_levels, pack_nibbles
+
+    torch.manual_seed(shape[1])
+    w = (torch.randn(*shape) * torch.rand(shape[0], 1)).to(dtype)
+    w[0, :32] = 0.5  # a constant group: the scale's floor
+    got = torch.ops.samplemind.int4_pack(w)
+    expected = pack_nibbles(*int4_levels(w))
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        torch.ops.samplemind.int4_pack(w[:, :31])
+
+
+@needs_kernels
 @pytest.mark.parametrize("rows", [1, 2, 5, 9])
 @pytest.mark.parametrize("shape", [(1024, 3072), (4096, 1024), (96, 16), (160, 24), (32, 8)])
 def test_int4_kernel_matches_its_dequantized_weights(rows, shape):

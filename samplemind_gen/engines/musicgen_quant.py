@@ -153,22 +153,23 @@ class Int4Linear:
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
         self.group = group
-        w = linear.weight.detach().to(torch.float32)
-        n, k = w.shape
-        grouped = w.reshape(n, k // group, group)
-        low = grouped.amin(-1, keepdim=True)
-        high = grouped.amax(-1, keepdim=True)
-        scale = (high - low).clamp(min=1e-8) / 15
-        q = torch.clamp(torch.round((grouped - low) / scale), 0, 15).to(torch.uint8).reshape(n, k)
+        weight = linear.weight.detach()
         bias = linear.bias
         # native=None: ours where it is built; True: ours if it can be; False: aten's.
         self.native = native is not False and native_kernels.available()
         if self.native and group == 32:
             self.bias = None if bias is None else bias.detach().to(torch.float32)
-            self.nibbles, self.scales, self.mins = pack_nibbles(q, scale, low)
+            if weight.dtype not in (torch.float32, torch.bfloat16):
+                weight = weight.to(torch.float32)
+            # One native pass per row, `int4_levels` + `pack_nibbles` bit for bit: packing
+            # musicgen-small's decoder 2.46 -> 1.3 s (the PyTorch version's temporaries were each
+            # a fresh mapping under the loading mmap threshold).
+            self.nibbles, self.scales, self.mins = torch.ops.samplemind.int4_pack(weight)
             self._op = torch.ops.samplemind.int4_linear
             return
         self.native = False
+        q, scale, low = int4_levels(weight, group)
+        n, k = q.shape
         # aten's kernel computes (q - 8) * scale + zero: the zero point is the value of level 8.
         zero = low + 8 * scale
         self.scales_and_zeros = (
@@ -219,6 +220,19 @@ class Int4Linear:
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
+
+
+def int4_levels(weight: Any, group: int = INT4_GROUP) -> tuple[Any, Any, Any]:
+    """(out, in) weights -> 4-bit levels (N, K) uint8 and each group's scale and minimum
+    (N, K/group, 1): asymmetric, rounded to nearest (ties to even)."""
+    w = weight.to(torch.float32)
+    n, k = w.shape
+    grouped = w.reshape(n, k // group, group)
+    low = grouped.amin(-1, keepdim=True)
+    high = grouped.amax(-1, keepdim=True)
+    scale = (high - low).clamp(min=1e-8) / 15
+    q = torch.clamp(torch.round((grouped - low) / scale), 0, 15).to(torch.uint8).reshape(n, k)
+    return q, scale, low
 
 
 def pack_nibbles(q: Any, scale: Any, low: Any) -> tuple[Any, Any, Any]:

@@ -1167,6 +1167,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_pack(const at::Tensor& weigh
   return {q, scales, wsum};
 }
 
+// (out, in) fp32/bf16 weights, in a multiple of 32 -> the 4-bit kernel's operands in one pass
+// per row: per group of 32 inputs low = min, scale = max(max - min, 1e-8) / 15, levels
+// round((w - low) / scale) clamped to 0..15 (ties to even); 128 inputs to 64 bytes (byte j:
+// input j in the low nibble, 64 + j in the high one), K zero-padded to a multiple of 128, and
+// fp16 scales and minimums (zero for the padding's groups). musicgen_quant's PyTorch version
+// (Int4Linear + pack_nibbles) bit for bit, without its passes and temporaries.
+template <typename T>
+void int4_pack_rows(const T* w, int64_t N, int64_t K, int64_t Kp, uint8_t* nib, c10::Half* sc,
+                    c10::Half* mn) {
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<uint8_t> q(Kp);
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(q.begin(), q.end(), static_cast<uint8_t>(0));
+      const T* row = w + n * K;
+      for (int64_t g = 0; g < Kp / 32; ++g) {
+        if (g * 32 >= K) {
+          sc[n * (Kp / 32) + g] = c10::Half(0.0f);
+          mn[n * (Kp / 32) + g] = c10::Half(0.0f);
+          continue;
+        }
+        float lo = static_cast<float>(row[g * 32]), hi = lo;
+        for (int64_t k = 1; k < 32; ++k) {
+          const float v = static_cast<float>(row[g * 32 + k]);
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+        const float scale = std::max(hi - lo, 1e-8f) / 15.0f;
+        for (int64_t k = 0; k < 32; ++k) {
+          const float level = std::nearbyint((static_cast<float>(row[g * 32 + k]) - lo) / scale);
+          q[g * 32 + k] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, level)));
+        }
+        sc[n * (Kp / 32) + g] = c10::Half(scale);
+        mn[n * (Kp / 32) + g] = c10::Half(lo);
+      }
+      uint8_t* out = nib + n * (Kp / 2);
+      for (int64_t b = 0; b < Kp / 128; ++b) {
+        for (int64_t j = 0; j < 64; ++j) {
+          out[b * 64 + j] = static_cast<uint8_t>(q[b * 128 + j] | (q[b * 128 + 64 + j] << 4));
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) % 32 == 0 &&
+                  (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16),
+              "int4_pack: weight must be a 2-D fp32 or bf16 tensor with inputs in a multiple of 32");
+  const at::Tensor w = weight.contiguous();
+  const int64_t N = w.size(0), K = w.size(1);
+  const int64_t Kp = (K + 127) / 128 * 128;
+  at::Tensor nibbles = at::empty({N, Kp / 2}, at::kByte);
+  at::Tensor scales = at::empty({N, Kp / 32}, at::kHalf);
+  at::Tensor mins = at::empty({N, Kp / 32}, at::kHalf);
+  uint8_t* np_ = nibbles.data_ptr<uint8_t>();
+  c10::Half* sp = scales.data_ptr<c10::Half>();
+  c10::Half* mp = mins.data_ptr<c10::Half>();
+  if (w.scalar_type() == at::kFloat) {
+    int4_pack_rows(w.data_ptr<float>(), N, K, Kp, np_, sp, mp);
+  } else {
+    int4_pack_rows(w.data_ptr<c10::BFloat16>(), N, K, Kp, np_, sp, mp);
+  }
+  return {nibbles, scales, mins};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_bf16_pack(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16,
               "compact_bf16_pack: weight must be a 2-D bf16 tensor");
@@ -1608,6 +1673,7 @@ TORCH_LIBRARY(samplemind, m) {
       "str activation=\"none\") -> Tensor");
   m.def("compact_bf16_pack(Tensor weight) -> (Tensor, Tensor, Tensor)", &compact_bf16_pack);
   m.def("int8_pack(Tensor weight) -> (Tensor, Tensor, Tensor)", &int8_pack);
+  m.def("int4_pack(Tensor weight) -> (Tensor, Tensor, Tensor)", &int4_pack);
   m.def("compact_bf16_unpack(Tensor data, Tensor table, Tensor exceptions, int K) -> Tensor",
         &compact_bf16_unpack);
   m.def("compact_bf16_available() -> bool", &compact_bf16_available);
