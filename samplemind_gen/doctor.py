@@ -107,12 +107,12 @@ def _musicgen_paths(device: str, kernels: dict[str, Any], default: str) -> dict[
         return {"default": {"dtype": "float16", "kernels": "pytorch", "note": f"on {device}"}}
     if kernels.get("built"):
         from samplemind_gen.engines import native_kernels
-        from samplemind_gen.engines.musicgen_quant import CompactLinear
+        from samplemind_gen.engines.musicgen_quant import T5_LABEL, CompactLinear
 
-        # The packed modes' T5 linears run on our half kernel too ("+t5", pack_text_encoder).
-        ours = native_kernels.label() + "+t5"
+        # The packed modes' T5 linears run on our half kernel too (pack_text_encoder).
+        ours = native_kernels.label() + T5_LABEL
         # bf16 linears: on tiles where the CPU has them, 12-bit weights with AVX512-BF16
-        tiles = native_kernels.label(bf16=True, compact=CompactLinear.available()) + "+t5"
+        tiles = native_kernels.label(bf16=True, compact=CompactLinear.available()) + T5_LABEL
         return {
             "default": {
                 "dtype": default,

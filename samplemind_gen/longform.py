@@ -43,7 +43,7 @@ def generate_long_blocking(
 ) -> list[Take]:
     """Like `AudioEngineWithGeneration.generate_blocking`, window by window."""
     from samplemind_gen.engines.musicgen_windows import generate_windowed
-    from samplemind_gen.service import analyze_audio, release_take_memory
+    from samplemind_gen.service import analyze_audio
 
     resolved = service.resolve(model)
     check_model(resolved)
@@ -60,7 +60,6 @@ def generate_long_blocking(
             outputs = generate_windowed(
                 engine, list(requests), long, on_progress=on_progress, cancel=cancel
             )
-    release_take_memory()
     extra = long_form_params(long)
     takes = []
     for out in outputs:

@@ -140,7 +140,6 @@ class AudioEngineWithGeneration:
                 )
             else:
                 outputs = engine.generate(batch, on_progress=on_progress, cancel=cancel)
-        release_take_memory()
         if streaming is None and on_audio is not None and outputs:
             on_audio(np.stack([out.audio for out in outputs]), 0)
         takes = [self._to_take(engine, out) for out in outputs]
@@ -158,7 +157,8 @@ class AudioEngineWithGeneration:
         self, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None
     ) -> Iterator[None]:
         """Hold the one-take-at-a-time lock while an engine generates, saying so while another
-        take holds it; a cancel while waiting raises `GenerationCancelled`."""
+        take holds it; a cancel while waiting raises `GenerationCancelled`. The take's memory
+        goes back to the OS when its turn ends (`release_take_memory`)."""
         from samplemind_gen.engines.base import check_cancel
 
         if not self._turn.acquire(blocking=False):
@@ -169,6 +169,7 @@ class AudioEngineWithGeneration:
         try:
             yield
         finally:
+            release_take_memory()
             self._turn.release()
 
     def variations(self, request: GenerationRequest, count: int) -> list[GenerationRequest]:

@@ -124,6 +124,10 @@ class MusicGenEngine:
         self.windowed = WindowedDecoder(
             model.audio_encoder, half_lstm=device == "cpu" and dtype != "float32"
         )
+        # Grad mode is per thread: the front ends' and `asyncio.to_thread`'s workers may generate
+        # in a thread other than the loading one, so no weight asks for gradients, those made
+        # while building the engine included (EnCodec's folded weight norm).
+        model.requires_grad_(False)
         self.last_stream: ChunkedAudioDecoder | None = None
 
     @cached_property
@@ -197,9 +201,6 @@ class MusicGenEngine:
         # Text-to-music never encodes audio: drop EnCodec's encoder half.
         model.audio_encoder.encoder = None
         model.to(device).eval()
-        # Grad mode is per thread: the front ends' and `asyncio.to_thread`'s workers may generate
-        # in a thread other than this one, so the weights themselves never ask for gradients.
-        model.requires_grad_(False)
         torch.set_grad_enabled(False)
         if packed and on_cpu and on_progress:  # the step ops run in every packed mode
             from samplemind_gen.engines import native_kernels
@@ -287,19 +288,6 @@ class MusicGenEngine:
         """Generate one take per request as one batch. `on_audio(chunk, start_sample)` gets the
         audio in chunks (float32 (batch, channels, n)) while it is being generated, so playback
         can start before the take is done; the returned takes are the one-shot decode."""
-        import torch
-
-        with torch.no_grad():  # per thread: callers may be in a fresh one
-            return self._generate(requests, on_progress, cancel, greedy, on_audio)
-
-    def _generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        on_progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-        greedy: bool,
-        on_audio: AudioCallback | None,
-    ) -> list[GeneratedAudio]:
         import torch
 
         if not requests:

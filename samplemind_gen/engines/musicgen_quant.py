@@ -726,10 +726,14 @@ def kernel_label(module: Any) -> str:
     return "aten" if kernels else "pytorch"
 
 
+# The kernels label's mark for a text encoder on samplemind-gen's `half_linear`
+# (`pack_text_encoder`; fbgemm's fp16 kernel rounds its sums otherwise).
+T5_LABEL = "+t5"
+
+
 def text_encoder_label(model: Any) -> str:
-    """The label "+t5" when `model`'s text encoder runs its linears on samplemind-gen's `half_linear`
-    (`pack_text_encoder`; fbgemm's fp16 kernel rounds its sums otherwise), else ""."""
-    return "+t5" if _holds(model.text_encoder, HalfLinear) else ""
+    """`T5_LABEL` when `model`'s text encoder runs its linears on our kernel, else ""."""
+    return T5_LABEL if _holds(model.text_encoder, HalfLinear) else ""
 
 
 def _holds(module: Any, kernel: type) -> bool:
