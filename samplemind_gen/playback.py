@@ -12,6 +12,67 @@ from typing import Any
 import numpy as np
 
 from samplemind_gen.errors import NoAudioDeviceError
+from samplemind_gen.request import Progress
+
+# Live play of a take that is made slower than it plays (a slow mode or CPU, a bigger model):
+# instead of playing each chunk as it lands and falling silent until the next, playback waits
+# until what is queued, topped up at the measured pace, lasts to the end of the take.
+PACE_SAFETY = 0.9  # the pace counted at 90%: EnCodec's chunks and longer caches slow later steps
+PACE_MIN_WINDOW = 0.05  # seconds of generation watched before its pace is trusted
+# The audio in each streamed chunk after the first (MusicGen: 50 code frames at 50 a second;
+# `ChunkedAudioDecoder`); the first is shorter (12 frames), so the queue must cover the wait for
+# a full one even when the take is made faster than it plays.
+STREAM_CHUNK_SECONDS = 1.0
+
+
+class GenerationPace:
+    """How fast a take's audio is being made, from its progress reports: seconds of audio per
+    second of wall time since the first decode step."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._first: tuple[float, float] | None = None  # (time, audio seconds) of the first step
+        self._last: tuple[float, float] | None = None
+        self.total = 0.0  # seconds of audio the take will have (0: not known)
+
+    def observe(self, progress: Progress) -> None:
+        if progress.stage != "generating" or not progress.total_audio_seconds:
+            return
+        now = self._clock()
+        if self._first is None:
+            self._first = (now, progress.audio_seconds)
+        self._last = (now, progress.audio_seconds)
+        self.total = progress.total_audio_seconds
+
+    @property
+    def rate(self) -> float | None:
+        """Seconds of audio made per second, or None before there is enough to tell."""
+        if self._first is None or self._last is None:
+            return None
+        elapsed = self._last[0] - self._first[0]
+        made = self._last[1] - self._first[1]
+        if elapsed < PACE_MIN_WINDOW or made <= 0:
+            return None
+        return made / elapsed
+
+
+def lead_needed(remaining: float, rate: float | None, chunk: float) -> float:
+    """Seconds of audio to have queued before playing, so that playback never runs dry while
+    the `remaining` seconds still to come arrive at `rate` (audio seconds per second) in chunks
+    of `chunk` seconds. Zero when nothing remains or the pace is not known yet (then each chunk
+    plays as it comes).
+
+    Chunk k + 1 of the rest lands (k + 1) * chunk / pace seconds from now, when the queue plus
+    the k chunks before it must still last: queued >= chunk / pace + k * chunk * (1 / pace - 1)
+    for every k. Made faster than it plays (pace >= 1), the first wait is the longest: one
+    chunk's making. Made slower, the last: remaining * (1 / pace - 1) + chunk."""
+    if remaining <= 0 or rate is None:
+        return 0.0
+    pace = rate * PACE_SAFETY
+    chunk = min(chunk, remaining)
+    if pace >= 1.0:
+        return chunk / pace
+    return remaining * (1.0 / pace - 1.0) + chunk
 
 
 def _sounddevice() -> Any:
@@ -105,10 +166,11 @@ class Player:
 class StreamPlayer:
     """Plays audio that arrives in chunks while a take is still being generated.
 
-    `feed(chunk)` from any thread (the output stream opens on the first chunk: that is the
-    time-to-first-sound); `finish()` when no more will come; `wait()` blocks until it has all
-    played. If generation falls behind playback, the player outputs silence and the playhead
-    waits (counted in `underruns`) rather than stopping."""
+    `queue(chunk)` from any thread, then `release()` when the queue may start playing (the
+    output stream opens on the first release: that is the time-to-first-sound; `feed` does both);
+    `finish()` when no more will come; `wait()` blocks until it has all played. If the queue
+    runs dry before the end, the player outputs silence, counts it in `underruns` and holds
+    until the next `release()` (the caller waits for a lead, see `LivePlayback`)."""
 
     def __init__(self, sample_rate: int, channels: int) -> None:
         self.sample_rate = sample_rate
@@ -118,7 +180,9 @@ class StreamPlayer:
         self._chunks: collections.deque[np.ndarray] = collections.deque()
         self._offset = 0  # samples of _chunks[0] already played
         self._played = 0
+        self._queued = 0  # samples queued and not played
         self._finished = False
+        self._held = True  # queued audio waits for release()
         self._drained = threading.Event()
         self._lock = threading.Lock()
         self._stream: Any = None
@@ -133,23 +197,45 @@ class StreamPlayer:
         """True from the first chunk until everything has played (or `stop`)."""
         return self._stream is not None and not self._drained.is_set()
 
+    @property
+    def buffered(self) -> float:
+        """Seconds queued and not yet played."""
+        return self._queued / self.sample_rate
+
+    @property
+    def held(self) -> bool:
+        """True while queued audio waits for `release()` (before the start, after running dry)."""
+        return self._held and not self._finished
+
     def feed(self, chunk: np.ndarray) -> None:
-        """Queue (channels, n) float audio; opens the output on the first call."""
+        """Queue (channels, n) float audio and play it (opening the output on the first call)."""
         self.queue(chunk)
-        if self._stream is None:
-            self._open()
+        self.release()
 
     def queue(self, chunk: np.ndarray) -> None:
-        """Queue audio without opening the output (pre-buffering)."""
+        """Queue audio without playing it (pre-buffering)."""
         frames = np.ascontiguousarray(np.atleast_2d(chunk).T, dtype=np.float32)
         with self._lock:
             self._chunks.append(frames)
+            self._queued += len(frames)
+
+    def release(self) -> None:
+        """Play what is queued: opens the output the first time, resumes after running dry."""
+        with self._lock:
+            self._held = False
+        if self._stream is None and not self._drained.is_set():
+            self._open()
 
     def finish(self) -> None:
+        """No more audio will come: what is queued plays out, held or not."""
         with self._lock:
             self._finished = True
-            if self._stream is None:
+            nothing = not self._chunks
+        if self._stream is None:
+            if nothing:
                 self._drained.set()
+            else:
+                self.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until everything fed has played (after `finish`). False on timeout."""
@@ -173,6 +259,9 @@ class StreamPlayer:
         n = len(out)
         written = 0
         with self._lock:
+            if self._held and not self._finished:
+                out[:] = 0
+                return False
             while written < n and self._chunks:
                 head = self._chunks[0]
                 take = min(n - written, len(head) - self._offset)
@@ -183,9 +272,11 @@ class StreamPlayer:
                     self._chunks.popleft()
                     self._offset = 0
             self._played += written
+            self._queued -= written
             out[written:] = 0
             if written < n and not self._finished:
                 self.underruns += 1
+                self._held = True  # ran dry: wait for the next release (a lead to play from)
             return self._finished and not self._chunks
 
     def _open(self) -> None:
@@ -195,7 +286,7 @@ class StreamPlayer:
             underruns = self.underruns
             if self._fill(outdata):
                 raise sd.CallbackStop
-            if self.underruns != underruns:
+            if self.underruns != underruns or self.held:
                 # Waiting for the generator. A device that takes audio faster than it plays
                 # (ALSA's null device) would call back at once, over and over, holding the GIL
                 # and starving the generation: rest for a fraction of a block (well within the
@@ -218,19 +309,42 @@ class StreamPlayer:
 
 
 class LivePlayback:
-    """Plays the first take of a generation while it is being generated: pass `on_audio` to
-    `AudioEngineWithGeneration.generate_blocking`. The output opens on the first chunk, so the
-    time to first sound is the engine's. A missing audio device never stops the generation: it
-    is kept in `error` for the caller to report once the take is safe.
+    """Plays the first take of a generation while it is being generated: pass `on_audio` and
+    `on_progress` to `AudioEngineWithGeneration.generate_blocking` (`on_progress` can be chained
+    with the front end's own). When the take is made at least as fast as it plays, each chunk
+    plays as it comes and the time to first sound is the engine's. When it is made slower,
+    playback waits (`waiting`) until what is queued, topped up at the measured pace, lasts to
+    the end of the take (`lead_needed`), and does the same if it ever runs dry: one wait, then
+    the take without gaps, instead of a gap before every chunk. A missing audio device never
+    stops the generation: it is kept in `error` for the caller to report once the take is safe.
 
     `sample_rate` is asked for on the first chunk (the model may still be loading when the job
     is set up)."""
 
-    def __init__(self, sample_rate: Callable[[], int]) -> None:
+    def __init__(
+        self, sample_rate: Callable[[], int], clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self._sample_rate = sample_rate
         self.player: StreamPlayer | None = None
         self.error: NoAudioDeviceError | None = None
+        self.pace = GenerationPace(clock)
+        self._received = 0.0  # seconds of audio queued so far (the end of the last chunk)
+        self._chunk = STREAM_CHUNK_SECONDS  # the longest chunk: how lumpy the arrivals are
         self._stopped = False
+
+    def on_progress(self, progress: Progress) -> None:
+        """A progress report of the generation: its pace decides when playback may start."""
+        self.pace.observe(progress)
+        self._release_when_ready()
+
+    def chained(self, on_progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+        """A progress callback that tells this playback, then `on_progress`."""
+
+        def both(progress: Progress) -> None:
+            self.on_progress(progress)
+            on_progress(progress)
+
+        return both
 
     def on_audio(self, chunk: np.ndarray, start: int) -> None:
         """(batch, channels, n) audio starting at sample `start`; the first take is played."""
@@ -239,9 +353,34 @@ class LivePlayback:
         try:
             if self.player is None:
                 self.player = StreamPlayer(self._sample_rate(), chunk.shape[1])
-            self.player.feed(chunk[0])
+            player = self.player
+            player.queue(chunk[0])
+            self._chunk = max(self._chunk, chunk.shape[-1] / player.sample_rate)
+            self._received = (start + chunk.shape[-1]) / player.sample_rate
+            self._release_when_ready()
         except NoAudioDeviceError as exc:
             self.error = exc
+
+    def lead(self) -> float:
+        """Seconds of audio playback waits to have queued before it (re)starts, at the pace so
+        far (0: it plays as it comes)."""
+        remaining = max(0.0, self.pace.total - self._received) if self.pace.total else 0.0
+        return lead_needed(remaining, self.pace.rate, self._chunk)
+
+    @property
+    def waiting(self) -> bool:
+        """True while queued audio waits for a lead before it plays."""
+        return self.player is not None and self.player.held and not self._stopped
+
+    def _release_when_ready(self) -> None:
+        player = self.player
+        if player is None or not player.held or self.error is not None or self._stopped:
+            return
+        if player.buffered > 0 and player.buffered >= self.lead():
+            try:
+                player.release()
+            except NoAudioDeviceError as exc:
+                self.error = exc
 
     @property
     def playing(self) -> bool:
@@ -254,7 +393,10 @@ class LivePlayback:
     def done_feeding(self) -> None:
         """No more audio will come: play out what is queued, then close the output."""
         if self.player is not None:
-            self.player.finish()
+            try:
+                self.player.finish()  # opens the output if the take ended before its lead
+            except NoAudioDeviceError as exc:
+                self.error = exc
 
     def stop(self) -> None:
         """Stop now and ignore any audio still to come."""
@@ -270,6 +412,8 @@ class LivePlayback:
         if self.player is None:
             return False
         self.done_feeding()
+        if self.error is not None:  # the output could not open at the take's end
+            raise self.error
         self.player.wait()
         return True
 

@@ -546,26 +546,6 @@ def test_cuda_compiled_step(tiny_musicgen: Path):  # pragma: no cover - GPU only
     assert np.array_equal(engine.generate(req)[0].audio, compiled)
 
 
-def test_stream_player_plays_chunks_back_to_back_and_pads_underruns():
-    from samplemind_gen.playback import StreamPlayer
-
-    player = StreamPlayer(32000, 2)
-    a = np.arange(10, dtype=np.float32).reshape(2, 5)
-    player.queue(a)
-    player.queue(a + 100)
-    out = np.full((4, 2), -1.0, dtype=np.float32)
-    assert player._fill(out) is False
-    np.testing.assert_array_equal(out, a.T[:4])
-    out = np.full((8, 2), -1.0, dtype=np.float32)
-    assert player._fill(out) is False  # more may come: the gap is silence, not the end
-    np.testing.assert_array_equal(out[:6], np.concatenate([a.T[4:], (a + 100).T]))
-    assert (out[6:] == 0).all() and player.underruns == 1
-    player.finish()
-    assert player._fill(np.zeros((4, 2), dtype=np.float32)) is True
-    assert player.position == pytest.approx(10 / 32000)
-    assert player.wait(timeout=1)
-
-
 def test_service_passes_streamed_audio_through(tiny_musicgen: Path):
     from samplemind_gen.service import AudioEngineWithGeneration
 

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             library=reuse,
             model=model,
             processing=processing,
-            on_progress=progress,
+            on_progress=progress if live is None else live.chained(progress),
             long_form=long_form,
             on_audio=live.on_audio if live is not None and long_form is None else None,
         )

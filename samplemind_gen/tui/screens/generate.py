@@ -277,7 +277,11 @@ class GenerateScreen(Screen[None]):
 
         try:
             takes = service.generate_blocking(
-                requests, model=model, on_progress=report, cancel=cancel, on_audio=on_audio
+                requests,
+                model=model,
+                on_progress=report if live is None else live.chained(report),
+                cancel=cancel,
+                on_audio=on_audio,
             )
         except BaseException:
             if live is not None:
@@ -294,8 +298,11 @@ class GenerateScreen(Screen[None]):
             return
         waveform = self.query_one(Waveform)
         waveform.peaks = message.peaks
+        live = self._live
+        buffering = " · buffering live play" if live is not None and live.waiting else ""
         waveform.border_title = (
             f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
+            + buffering
         )
         self._follow_live_playhead()
 
