@@ -26,7 +26,9 @@ called one by one from Python instead of every decoder layer in one call (`decod
 lossless; CPUs with AVX512-BF16), "-nofold" variants of bf16, int8 and int4: the prompt's
 cross-attention as attention instead of folded into two small linears (SAMPLEMIND_GEN_FOLD_CROSS=0),
 "-trim128k" variants of bf16 and int8: glibc's trim threshold left at its 128 KB default while
-generating (freed heap tops handed back on each free, as before 2026-12-06's eleventh session).
+generating (freed heap tops handed back on each free, as before 2026-12-06's eleventh session),
+"-l1" / "-nol1" variants of bf16 and int8: the int8 and compact bf16 kernels' L1 prefetch of the
+next block forced on / off (SAMPLEMIND_GEN_L1_PREFETCH; by default off on AMD, on elsewhere).
 `--takes 4` makes each call a batch of 4 takes.
 The checkpoint (about 2.3 GB) is built once into --checkpoint and reused.
 """
@@ -76,6 +78,11 @@ MODES = (
     # glibc's trim threshold at its 128 KB default while generating
     "bf16-trim128k",
     "int8-trim128k",
+    # the int8 / compact kernels' L1 prefetch of the next block forced on / off
+    "bf16-l1",
+    "int8-l1",
+    "bf16-nol1",
+    "int8-nol1",
     # the step ops called one by one from Python instead of all layers in one call
     "bf16-perop",
     "int8-perop",
@@ -183,6 +190,8 @@ def worker(mode: str, checkpoint: Path) -> None:
             os.environ["SAMPLEMIND_GEN_COMPACT_BF16"] = "0"
         if variant == "nofold":  # the prompt's cross-attention not folded into two linears
             os.environ["SAMPLEMIND_GEN_FOLD_CROSS"] = "0"
+        if variant in ("l1", "nol1"):  # the kernels' L1 prefetch forced on / off
+            os.environ["SAMPLEMIND_GEN_L1_PREFETCH"] = "1" if variant == "l1" else "0"
         if variant == "trim128k":  # limit_heap_retention leaves the trim threshold alone
             os.environ["MALLOC_TRIM_THRESHOLD_"] = str(128 * 1024)  # glibc's default
         if variant == "lib":  # oneDNN / fbgemm linear layers, our step ops
