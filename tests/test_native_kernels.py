@@ -248,6 +248,36 @@ def test_amx_can_be_switched_off():
 
 
 @needs_kernels
+def test_the_l1_prefetch_switch_changes_no_number():
+    """SAMPLEMIND_GEN_L1_PREFETCH (off by default on AMD, on elsewhere) only moves loads: the
+    int8 and compact bf16 products come out bit for bit the same either way."""
+    code = """
+import hashlib, torch
+from torch import nn
+from samplemind_gen.engines.musicgen_quant import CompactLinear, Int8Linear
+torch.manual_seed(0)
+lin = nn.Linear(1024, 512)
+lin.weight.data *= 3
+out = [Int8Linear(lin)(torch.randn(2, 1024))]
+if CompactLinear.available():
+    out.append(CompactLinear(lin)(torch.randn(2, 1024).to(torch.bfloat16)).float())
+print(hashlib.sha256(b"".join(t.numpy().tobytes() for t in out)).hexdigest())
+"""
+    digests = set()
+    for value in ("0", "1"):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "SAMPLEMIND_GEN_L1_PREFETCH": value},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.add(done.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1
+
+
+@needs_kernels
 def test_int8_musicgen_runs_on_the_native_kernel(tiny_musicgen: Path):
     from samplemind_gen.catalog import resolve_model
     from samplemind_gen.engines import LoadOptions, load_engine
