@@ -311,12 +311,13 @@ class StreamPlayer:
 class LivePlayback:
     """Plays the first take of a generation while it is being generated: pass `on_audio` and
     `on_progress` to `AudioEngineWithGeneration.generate_blocking` (`on_progress` can be chained
-    with the front end's own). When the take is made at least as fast as it plays, each chunk
-    plays as it comes and the time to first sound is the engine's. When it is made slower,
-    playback waits (`waiting`) until what is queued, topped up at the measured pace, lasts to
-    the end of the take (`lead_needed`), and does the same if it ever runs dry: one wait, then
-    the take without gaps, instead of a gap before every chunk. A missing audio device never
-    stops the generation: it is kept in `error` for the caller to report once the take is safe.
+    with the front end's own). Playback waits (`waiting`) until what is queued, topped up at the
+    measured pace, lasts to the end of the take (`lead_needed`): when the take is made faster
+    than it plays, until the queue covers the making of one full chunk (the short first chunk
+    alone would run out: about a second in on a 2-core CPU); when slower, longer. If it ever
+    runs dry it waits again: one pause, then the take without gaps, instead of a gap before
+    every chunk. A missing audio device never stops the generation: it is kept in `error` for
+    the caller to report once the take is safe.
 
     `sample_rate` is asked for on the first chunk (the model may still be loading when the job
     is set up)."""
