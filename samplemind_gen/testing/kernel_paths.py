@@ -22,9 +22,15 @@ def has_path(isa: str) -> bool:
 
 def run_on_path(code: str, isa: str) -> dict[str, Any]:
     """`code` in a fresh Python on kernel path `isa`; returns its last stdout line as JSON."""
+    return run_with_env(code, {"SAMPLEMIND_GEN_KERNEL_ISA": isa})
+
+
+def run_with_env(code: str, env: dict[str, str]) -> dict[str, Any]:
+    """`code` in a fresh Python with `env` added to the environment (the kernels read their
+    switches once per process); returns its last stdout line as JSON."""
     done = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "SAMPLEMIND_GEN_KERNEL_ISA": isa},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
