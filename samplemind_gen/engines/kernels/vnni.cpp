@@ -277,10 +277,11 @@ constexpr int64_t kPrefetch = 4096;  // bytes ahead in a weight row: hides the s
 constexpr int64_t kL2AheadRows = 32;
 
 // Whether those kernels also prefetch each row's line of the next block of outputs into L1.
-// Intel (Emerald Rapids) wants it: int8 without it 0.91x. AMD (Zen 4 EPYC) does not: its own
-// L1 prefetcher follows the four row streams, and the extra requests cost load slots. 24
-// layers' linears at 2 rows, cold, in-process A/B (30 rounds each, both orders): int8 1.023-
-// 1.037x faster without, compact bf16 1.046-1.062x. SAMPLEMIND_GEN_L1_PREFETCH=0/1 forces it.
+// Intel (Emerald Rapids) wants it: int8 without it 0.91x. AMD (Zen 4 EPYC) runs faster
+// without: 24 layers' linears at 2 rows, cold, in-process A/B (30 rounds each, both orders),
+// int8 1.023-1.037x, compact bf16 1.046-1.062x; whole 8 s takes, same rounds, bf16 steps 7-13%
+// and int8 6-19% faster. The 256-bit int8 path, forced there, showed no difference and keeps
+// it. SAMPLEMIND_GEN_L1_PREFETCH=0/1 forces it either way.
 bool l1_prefetch() {
   static const bool on = [] {
     const char* env = std::getenv("SAMPLEMIND_GEN_L1_PREFETCH");
