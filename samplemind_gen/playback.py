@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ STREAM_CHUNK_SECONDS = 1.0
 
 class GenerationPace:
     """How fast a take's audio is being made, from its progress reports: seconds of audio per
-    second of wall time since the first decode step."""
+    second of wall time since the first complete frame."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
@@ -39,10 +40,12 @@ class GenerationPace:
         if progress.stage != "generating" or not progress.total_audio_seconds:
             return
         now = self._clock()
+        self.total = progress.total_audio_seconds
+        if progress.audio_seconds <= 0:  # the delay pattern's first steps complete no frame
+            return
         if self._first is None:
             self._first = (now, progress.audio_seconds)
         self._last = (now, progress.audio_seconds)
-        self.total = progress.total_audio_seconds
 
     @property
     def rate(self) -> float | None:
@@ -372,6 +375,28 @@ class LivePlayback:
     def waiting(self) -> bool:
         """True while queued audio waits for a lead before it plays."""
         return self.player is not None and self.player.held and not self._stopped
+
+    def starts_in(self) -> float | None:
+        """About how many seconds until waiting playback starts, at the pace so far (None when
+        it is not waiting or the pace is not known yet). Audio arrives at `rate` while nothing
+        plays, and the lead it waits for shrinks as less remains: the time when the two meet,
+        rounded up to the chunk that brings it."""
+        rate = self.pace.rate
+        player = self.player
+        if not self.waiting or rate is None or player is None or not self.pace.total:
+            return None
+        remaining = max(0.0, self.pace.total - self._received)
+        if remaining <= 0:
+            return 0.0
+        pace = rate * PACE_SAFETY
+        if pace >= 1.0:  # buffered + rate * t >= chunk / pace
+            short = min(self._chunk, remaining) / pace - player.buffered
+        else:  # buffered + rate * t >= (remaining - rate * t) * (1 / pace - 1) + chunk
+            short = (remaining * (1.0 / pace - 1.0) + self._chunk - player.buffered) / (1.0 / pace)
+        if short <= 0:
+            return 0.0
+        chunks = math.ceil(short / self._chunk - 1e-9)  # audio comes a chunk at a time
+        return min(chunks * self._chunk, remaining) / rate
 
     def _release_when_ready(self) -> None:
         player = self.player

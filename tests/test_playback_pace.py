@@ -61,6 +61,7 @@ def simulate(seconds: float, pace, *, live: bool = True) -> dict:
     sent = 0  # frames already sent as audio
     step = 0
     played_blocks = []
+    predicted = None  # starts_in() when the first chunk was queued: (at, seconds)
     finished = False
     t = 0.0
     while True:
@@ -78,6 +79,8 @@ def simulate(seconds: float, pace, *, live: bool = True) -> dict:
                 end = audio_frames * RATE // FRAME_RATE
                 chunk = np.full((1, 1, end - start), 1.0, dtype=np.float32)
                 (playback.on_audio if live else _feed(playback))(chunk, start)
+                if predicted is None and live:
+                    predicted = (clock.now, playback.starts_in())
                 sent = audio_frames
         if step >= steps and not finished:
             playback.done_feeding()
@@ -94,7 +97,13 @@ def simulate(seconds: float, pace, *, live: bool = True) -> dict:
             if done:
                 break
         t = round(t + 0.01, 6)
-    return {"started": started, "gaps": gaps, "ended": t, "played": sum(played_blocks) / 100}
+    return {
+        "started": started,
+        "gaps": gaps,
+        "ended": t,
+        "played": sum(played_blocks) / 100,
+        "predicted": predicted,
+    }
 
 
 def _feed(playback: LivePlayback):
@@ -126,7 +135,7 @@ def test_made_slower_the_lead_covers_what_playback_would_overtake():
     assert lead_needed(8.0, 0.999999 / PACE_SAFETY, 1.0) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_pace_is_audio_seconds_per_second_from_the_first_step():
+def test_pace_is_audio_seconds_per_second_from_the_first_complete_frame():
     clock = Clock()
     pace = GenerationPace(clock)
     pace.observe(Progress("encoding"))  # not a decode step: ignored
@@ -134,7 +143,7 @@ def test_pace_is_audio_seconds_per_second_from_the_first_step():
         clock.now = 5.0 + step * 0.025  # a step (1/50 s of audio) every 25 ms: 0.8x real time
         pace.observe(progress(step, 8.0))
     assert pace.total == 8.0
-    assert pace.rate == pytest.approx((36 / 50) / (39 * 0.025))
+    assert pace.rate == pytest.approx(0.8)  # the first steps make no frame: not counted
     fresh = GenerationPace(clock)
     fresh.observe(progress(10, 8.0))
     assert fresh.rate is None  # one report says nothing about a pace
@@ -224,3 +233,20 @@ def test_stream_player_plays_chunks_back_to_back_and_holds_after_running_dry():
     assert player.position == pytest.approx(15 / 32000)
     player.stop()  # what the output's finished callback does on a device
     assert player.wait(timeout=1)
+
+
+@pytest.mark.usefixtures("no_device")
+@pytest.mark.parametrize("rtf", [0.6, 1.22, 2.0, 4.0])
+def test_starts_in_tells_when_waiting_playback_will_start(rtf):
+    step = rtf / FRAME_RATE
+    result = simulate(8.0, lambda k: 0.3 + k * step)
+    at, predicted = result["predicted"]
+    assert predicted is not None and predicted > 0
+    assert at + predicted == pytest.approx(result["started"], abs=0.05)  # at a steady pace
+
+
+def test_starts_in_is_none_unless_waiting_on_a_known_pace():
+    playback = LivePlayback(lambda: RATE, clock=Clock())
+    assert playback.starts_in() is None
+    playback.on_audio(np.ones((1, 1, 500), dtype=np.float32), 0)  # no progress seen: no pace
+    assert playback.starts_in() is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -299,7 +300,12 @@ class GenerateScreen(Screen[None]):
         waveform = self.query_one(Waveform)
         waveform.peaks = message.peaks
         live = self._live
-        buffering = " · buffering live play" if live is not None and live.waiting else ""
+        buffering = ""
+        if live is not None and live.waiting:
+            starts_in = live.starts_in()
+            buffering = " · buffering live play" + (
+                f", sound in ~{math.ceil(starts_in)} s" if starts_in else ""
+            )
         waveform.border_title = (
             f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
             + buffering
