@@ -303,9 +303,8 @@ class GenerateScreen(Screen[None]):
         buffering = ""
         if live is not None and live.waiting:
             starts_in = live.starts_in()
-            buffering = " · buffering live play" + (
-                f", sound in ~{math.ceil(starts_in)} s" if starts_in else ""
-            )
+            # short: the title has the waveform's width (72 columns in a 120-column terminal)
+            buffering = f" · sound in ~{math.ceil(starts_in)} s" if starts_in else " · buffering"
         waveform.border_title = (
             f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
             + buffering
