@@ -449,3 +449,36 @@ async def test_a_remembered_quantize_setting_loads_the_model_in_that_mode(tiny_m
     assert take is not None and take.recipe.dtype == "float16+int8"
     # An unknown value in a hand-edited settings file is ignored, not fatal.
     assert SampleMindApp(settings=Settings(quantize="int3")).service.options.quantize is None
+
+
+async def test_the_waveform_title_says_when_live_play_will_start(make_app):
+    """A take made slower than it plays: live play waits for a lead and the title says for how
+    long (the real LivePlayback, paced by a clock the test moves; its output never opens)."""
+    import numpy as np
+
+    from samplemind_gen.playback import LivePlayback
+    from samplemind_gen.request import Progress
+    from samplemind_gen.tui.widgets.waveform import GrowingPeaks
+
+    now = [0.0]
+    live = LivePlayback(lambda: 1000, clock=lambda: now[0])
+    for step in range(4, 40):  # 2x slower than real time: 40 ms a frame
+        now[0] = step * 0.04
+        live.on_progress(Progress("generating", step, 403, (step - 3) / 50, 8.0, now[0]))
+    live.on_audio(np.zeros((1, 1, 240), dtype=np.float32), 0)
+    assert live.waiting and live.player is not None and live.player._stream is None
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        screen._live = live
+        screen._showing_live = True
+        screen.generating = True
+        growing = GrowingPeaks(1, 8000, 1000)
+        screen.post_message(LivePeaks(growing.add(np.zeros((1, 240)), 0), 0.24))
+        await pilot.pause()
+        title = str(screen.query_one(Waveform).border_title)
+        screen.generating = False
+    expected = live.starts_in()
+    assert expected is not None and expected > 5  # ~8 s of it made at half speed, less the lead
+    assert f"0.2 of 8.0 s · sound in ~{int(np.ceil(expected))} s" in title
