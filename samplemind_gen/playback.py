@@ -18,7 +18,13 @@ from samplemind_gen.request import Progress
 # Live play of a take that is made slower than it plays (a slow mode or CPU, a bigger model):
 # instead of playing each chunk as it lands and falling silent until the next, playback waits
 # until what is queued, topped up at the measured pace, lasts to the end of the take.
-PACE_SAFETY = 0.9  # the pace counted at 90%: EnCodec's chunks and longer caches slow later steps
+PACE_SAFETY = 0.9  # the pace counted at 90%: EnCodec's chunks and noise
+# Later steps attend over longer caches, so the rest of a take is made slower than the part so
+# far: an int8 step went from 11.1 to 17.4 ms between positions 0 and 1,450 (+55% over 30 s of
+# audio), so the rest averages about half of its growth slower, in proportion to its length.
+# Without this one of two 30 s bf16 takes on a 2-core EPYC started at 1.6 s and paused twice
+# (3.5 s of silence); with it (0.01 a second of audio to come), two of two played through.
+PACE_SLOWDOWN = 0.01
 PACE_MIN_WINDOW = 0.05  # seconds of generation watched before its pace is trusted
 # The audio in each streamed chunk after the first (MusicGen: 50 code frames at 50 a second;
 # `ChunkedAudioDecoder`); the first is shorter (12 frames), so the queue must cover the wait for
@@ -59,11 +65,17 @@ class GenerationPace:
         return made / elapsed
 
 
+def counted_pace(rate: float, remaining: float) -> float:
+    """The pace planned with: the pace so far, less a margin, less the slowdown of the
+    `remaining` seconds still to make."""
+    return rate * PACE_SAFETY / (1.0 + PACE_SLOWDOWN * remaining)
+
+
 def lead_needed(remaining: float, rate: float | None, chunk: float) -> float:
     """Seconds of audio to have queued before playing, so that playback never runs dry while
-    the `remaining` seconds still to come arrive at `rate` (audio seconds per second) in chunks
-    of `chunk` seconds. Zero when nothing remains or the pace is not known yet (then each chunk
-    plays as it comes).
+    the `remaining` seconds still to come arrive at `rate` (audio seconds per second so far;
+    planned with `counted_pace`) in chunks of `chunk` seconds. Zero when nothing remains or the
+    pace is not known yet (then each chunk plays as it comes).
 
     Chunk k + 1 of the rest lands (k + 1) * chunk / pace seconds from now, when the queue plus
     the k chunks before it must still last: queued >= chunk / pace + k * chunk * (1 / pace - 1)
@@ -71,7 +83,7 @@ def lead_needed(remaining: float, rate: float | None, chunk: float) -> float:
     chunk's making. Made slower, the last: remaining * (1 / pace - 1) + chunk."""
     if remaining <= 0 or rate is None:
         return 0.0
-    pace = rate * PACE_SAFETY
+    pace = counted_pace(rate, remaining)
     chunk = min(chunk, remaining)
     if pace >= 1.0:
         return chunk / pace
@@ -388,7 +400,7 @@ class LivePlayback:
         remaining = max(0.0, self.pace.total - self._received)
         if remaining <= 0:
             return 0.0
-        pace = rate * PACE_SAFETY
+        pace = counted_pace(rate, remaining)
         if pace >= 1.0:  # buffered + rate * t >= chunk / pace
             short = min(self._chunk, remaining) / pace - player.buffered
         else:  # buffered + rate * t >= (remaining - rate * t) * (1 / pace - 1) + chunk

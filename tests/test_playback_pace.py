@@ -9,9 +9,11 @@ import pytest
 
 from samplemind_gen.playback import (
     PACE_SAFETY,
+    PACE_SLOWDOWN,
     GenerationPace,
     LivePlayback,
     StreamPlayer,
+    counted_pace,
     lead_needed,
 )
 from samplemind_gen.request import Progress
@@ -122,17 +124,27 @@ def test_no_lead_when_nothing_remains_or_the_pace_is_unknown():
     assert lead_needed(0.0, 0.2, 1.0) == 0.0
 
 
+def test_the_pace_is_planned_with_a_margin_and_the_slowdown_of_what_remains():
+    assert counted_pace(1.0, 0.0) == pytest.approx(PACE_SAFETY)
+    assert counted_pace(1.0, 30.0) == pytest.approx(PACE_SAFETY / (1 + 30 * PACE_SLOWDOWN))
+    assert counted_pace(1.0, 30.0) < counted_pace(1.0, 8.0) < counted_pace(1.0, 1.0)
+
+
 def test_made_faster_than_it_plays_the_lead_is_one_chunks_making():
-    assert lead_needed(6.0, 2.0 / PACE_SAFETY, 1.0) == pytest.approx(0.5)
-    assert lead_needed(0.25, 2.0 / PACE_SAFETY, 1.0) == pytest.approx(0.125)  # a short last one
+    fast = 2.0 / counted_pace(1.0, 6.0)  # counted: 2 s of audio a second
+    assert lead_needed(6.0, fast, 1.0) == pytest.approx(0.5)
+    short = 2.0 / counted_pace(1.0, 0.25)
+    assert lead_needed(0.25, short, 1.0) == pytest.approx(0.125)  # a short last one
 
 
 def test_made_slower_the_lead_covers_what_playback_would_overtake():
-    # 8 s to come at half speed (0.45 counted): playing from now outruns it by 8 / 0.45 - 8 s
-    assert lead_needed(8.0, 0.5, 1.0) == pytest.approx(8.0 * (1 / (0.5 * PACE_SAFETY) - 1) + 1)
+    # 8 s to come at half speed counted: playing from now outruns it by 8 / 0.5 - 8 s
+    half = 0.5 / counted_pace(1.0, 8.0)
+    assert lead_needed(8.0, half, 1.0) == pytest.approx(8.0 * (1 / 0.5 - 1) + 1)
     # the two cases meet at real time
-    assert lead_needed(8.0, 1 / PACE_SAFETY, 1.0) == pytest.approx(1.0)
-    assert lead_needed(8.0, 0.999999 / PACE_SAFETY, 1.0) == pytest.approx(1.0, abs=1e-4)
+    real_time = 1 / counted_pace(1.0, 8.0)
+    assert lead_needed(8.0, real_time, 1.0) == pytest.approx(1.0)
+    assert lead_needed(8.0, 0.999999 * real_time, 1.0) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_pace_is_audio_seconds_per_second_from_the_first_complete_frame():
@@ -158,7 +170,9 @@ def test_a_take_made_faster_than_it_plays_starts_once_a_full_chunk_is_covered(rt
     second_chunk_at = 0.3 + (FIRST_CHUNK + CHUNK + 2) * step
     assert result["gaps"] == 0
     assert result["played"] == pytest.approx(8.0, abs=0.01)
-    if rtf <= 0.24 * PACE_SAFETY:  # the first chunk (0.24 s) lasts while the next is made
+    if rtf <= 0.24 * counted_pace(
+        1.0, 7.76
+    ):  # the first chunk (0.24 s) lasts while the next is made
         assert result["started"] == pytest.approx(first_chunk_at, abs=0.011)
     else:
         assert result["started"] == pytest.approx(second_chunk_at, abs=0.011)
@@ -178,7 +192,7 @@ def test_a_take_made_slower_than_it_plays_waits_once_then_plays_without_gaps(rtf
     assert result["played"] == pytest.approx(8.0, abs=0.01)
     assert result["started"] < made_at  # it still plays before the take is done
     # and ends soon after the take is made: the lead is not much longer than it needs to be
-    assert result["ended"] - made_at < 2.0 + 8.0 * rtf * (1 / PACE_SAFETY - 1)
+    assert result["ended"] - made_at < 2.0 + 8.0 * rtf * (1 / counted_pace(1.0, 8.0) - 1)
     before = simulate(8.0, lambda k: 0.3 + k * step, live=False)
     assert before["gaps"] > 0 and before["played"] == pytest.approx(8.0, abs=0.01)
 
