@@ -388,6 +388,14 @@ class LivePlayback:
         """True while queued audio waits for a lead before it plays."""
         return self.player is not None and self.player.held and not self._stopped
 
+    def status(self) -> str:
+        """A few words for a progress line while playback waits ("sound in ~3 s", or
+        "buffering" before the pace is known); "" when it is not waiting."""
+        if not self.waiting:
+            return ""
+        starts_in = self.starts_in()
+        return f"sound in ~{math.ceil(starts_in)} s" if starts_in else "buffering"
+
     def starts_in(self) -> float | None:
         """About how many seconds until waiting playback starts, at the pace so far (None when
         it is not waiting or the pace is not known yet). Audio arrives at `rate` while nothing

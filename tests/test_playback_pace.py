@@ -264,3 +264,28 @@ def test_starts_in_is_none_unless_waiting_on_a_known_pace():
     assert playback.starts_in() is None
     playback.on_audio(np.ones((1, 1, 500), dtype=np.float32), 0)  # no progress seen: no pace
     assert playback.starts_in() is None
+
+
+def test_status_says_when_sound_comes_only_while_waiting():
+    clock = Clock()
+    playback = LivePlayback(lambda: RATE, clock=clock)
+    assert playback.status() == ""
+    for step in range(4, 40):  # 2x slower than real time
+        clock.now = step * 0.04
+        playback.on_progress(progress(step, 8.0))
+    assert playback.status() == ""  # nothing queued yet: not waiting
+    playback.on_audio(np.ones((1, 1, 240), dtype=np.float32), 0)
+    expected = playback.starts_in()
+    assert expected is not None
+    assert playback.status() == f"sound in ~{int(np.ceil(expected))} s"
+
+
+def test_the_cli_progress_line_carries_live_plays_wait():
+    import io
+
+    from samplemind_gen.cli.progress import ProgressLine
+
+    out = io.StringIO()
+    line = ProgressLine(out, extra=lambda: "sound in ~3 s")
+    line(Progress("generating", 10, 403, 0.14, 8.0, 0.5))
+    assert "step 10/" in out.getvalue() and out.getvalue().rstrip().endswith("· sound in ~3 s")

@@ -127,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from samplemind_gen.playback import LivePlayback
 
-    progress = ProgressLine()
     library = open_library()
     reuse = library if args.seed is not None and not getattr(args, "no_reuse", False) else None
     # --play streams the first take while it is generated (MusicGen), the rest play after.
     live = LivePlayback(lambda: service.load(model).sample_rate) if args.play else None
+    progress = ProgressLine(extra=live.status if live is not None else None)
     try:
         takes = generate_or_reuse(
             service,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from samplemind_gen.request import Progress, describe_progress
@@ -12,8 +13,14 @@ from samplemind_gen.request import Progress, describe_progress
 class ProgressLine:
     """Redraws one stderr line on a terminal (throttled); prints stage changes otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        interval: float = 0.1,
+        extra: Callable[[], str] | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.extra = extra  # more words for the generating line (live play's wait)
         self.tty = self.stream.isatty()
         self.interval = interval
         self._last = 0.0
@@ -31,6 +38,9 @@ class ProgressLine:
         if progress.stage == "generating" and progress.total:
             bar = _bar(progress.fraction)
             text = f"{bar} {text}"
+            more = self.extra() if self.extra is not None else ""
+            if more:
+                text = f"{text} · {more}"
         if self.tty:
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -299,12 +298,9 @@ class GenerateScreen(Screen[None]):
             return
         waveform = self.query_one(Waveform)
         waveform.peaks = message.peaks
-        live = self._live
-        buffering = ""
-        if live is not None and live.waiting:
-            starts_in = live.starts_in()
-            # short: the title has the waveform's width (72 columns in a 120-column terminal)
-            buffering = f" · sound in ~{math.ceil(starts_in)} s" if starts_in else " · buffering"
+        # short: the title has the waveform's width (72 columns in a 120-column terminal)
+        waiting = self._live.status() if self._live is not None else ""
+        buffering = f" · {waiting}" if waiting else ""
         waveform.border_title = (
             f"waveform · generating · {message.seconds:.1f} of {message.peaks.duration:.1f} s"
             + buffering
