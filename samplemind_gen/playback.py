@@ -182,7 +182,7 @@ class StreamPlayer:
     """Plays audio that arrives in chunks while a take is still being generated.
 
     `queue(chunk)` from any thread, then `release()` when the queue may start playing (the
-    output stream opens on the first release: that is the time-to-first-sound; `feed` does both);
+    output stream opens on the first release: that is the time-to-first-sound);
     `finish()` when no more will come; `wait()` blocks until it has all played. If the queue
     runs dry before the end, the player outputs silence, counts it in `underruns` and holds
     until the next `release()` (the caller waits for a lead, see `LivePlayback`)."""
@@ -221,11 +221,6 @@ class StreamPlayer:
     def held(self) -> bool:
         """True while queued audio waits for `release()` (before the start, after running dry)."""
         return self._held and not self._finished
-
-    def feed(self, chunk: np.ndarray) -> None:
-        """Queue (channels, n) float audio and play it (opening the output on the first call)."""
-        self.queue(chunk)
-        self.release()
 
     def queue(self, chunk: np.ndarray) -> None:
         """Queue audio without playing it (pre-buffering)."""
@@ -380,8 +375,11 @@ class LivePlayback:
     def lead(self) -> float:
         """Seconds of audio playback waits to have queued before it (re)starts, at the pace so
         far (0: it plays as it comes)."""
-        remaining = max(0.0, self.pace.total - self._received) if self.pace.total else 0.0
-        return lead_needed(remaining, self.pace.rate, self._chunk)
+        return lead_needed(self._remaining(), self.pace.rate, self._chunk)
+
+    def _remaining(self) -> float:
+        """Seconds of the take still to come (0 when its length is not known)."""
+        return max(0.0, self.pace.total - self._received) if self.pace.total else 0.0
 
     @property
     def waiting(self) -> bool:
@@ -405,14 +403,14 @@ class LivePlayback:
         player = self.player
         if not self.waiting or rate is None or player is None or not self.pace.total:
             return None
-        remaining = max(0.0, self.pace.total - self._received)
+        remaining = self._remaining()
         if remaining <= 0:
             return 0.0
+        # The audio still to arrive, a, meets the lead when buffered + a >= lead_needed(remaining
+        # - a): made faster than it plays the lead stays put (a = lead - buffered); made slower
+        # it shrinks by a * (1 / pace - 1) as well (a = (lead - buffered) * pace).
         pace = counted_pace(rate, remaining)
-        if pace >= 1.0:  # buffered + rate * t >= chunk / pace
-            short = min(self._chunk, remaining) / pace - player.buffered
-        else:  # buffered + rate * t >= (remaining - rate * t) * (1 / pace - 1) + chunk
-            short = (remaining * (1.0 / pace - 1.0) + self._chunk - player.buffered) / (1.0 / pace)
+        short = (self.lead() - player.buffered) * min(1.0, pace)
         if short <= 0:
             return 0.0
         chunks = math.ceil(short / self._chunk - 1e-9)  # audio comes a chunk at a time

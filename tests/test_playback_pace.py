@@ -114,7 +114,8 @@ def _feed(playback: LivePlayback):
     def on_audio(chunk, start):
         if playback.player is None:
             playback.player = StreamPlayer(RATE, 1)
-        playback.player.feed(chunk[0])
+        playback.player.queue(chunk[0])
+        playback.player.release()
 
     return on_audio
 
